@@ -1,0 +1,113 @@
+"""MultiDiffusion over overlapping tiles: gather tiles into batches, merge predictions.
+
+MultiDiffusion (Bar-Tal et al. 2023) takes, at every step, the prediction for the whole latent as
+the weighted average of the per-tile predictions. We weight with feathered ramps across each
+overlap so that neighbouring tiles cross-fade (the ramps of two neighbours sum to one), which hides
+the seams that uniform weights leave.
+
+Batch layout. The host evaluates a batch made of ``chunks`` (cond, uncond, ...) of ``n`` images
+each. A batch of ``k`` tiles is laid out chunk-major, ``(chunk, tile, image)``, so that every chunk
+stays contiguous: the host's per-chunk bookkeeping (``cond_or_uncond``) and its ControlNet hint
+broadcasting keep working unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .grid import Box, RegionGrid
+
+
+def feather_ramp(starts: list[int], tile: int) -> torch.Tensor:
+    """Per-tile 1D weights: a linear ramp over each overlap with a neighbour, 1 elsewhere.
+
+    Ramps only face neighbours, never the latent's border, so border pixels keep full weight.
+    """
+    ramps = torch.ones(len(starts), tile)
+    for i, start in enumerate(starts):
+        if i > 0:
+            shared = starts[i - 1] + tile - start
+            ramps[i, :shared] = (torch.arange(shared) + 0.5) / shared
+        if i + 1 < len(starts):
+            shared = start + tile - starts[i + 1]
+            ramps[i, tile - shared:] = torch.minimum(ramps[i, tile - shared:],
+                                                      (torch.arange(shared, 0, -1) - 0.5) / shared)
+    return ramps
+
+
+def tile_weights(grid: RegionGrid) -> torch.Tensor:
+    """Feathered weights of every tile, shape ``(tiles, tile_height, tile_width)``."""
+    ys = sorted({b.top for b in grid.boxes})
+    xs = sorted({b.left for b in grid.boxes})
+    wy = feather_ramp(ys, grid.tile_height)
+    wx = feather_ramp(xs, grid.tile_width)
+    return torch.stack([wy[ys.index(b.top)][:, None] * wx[xs.index(b.left)][None, :] for b in grid.boxes])
+
+
+@dataclass(frozen=True)
+class TileBatch:
+    """The tiles in one model evaluation, published to attention patches.
+
+    ``boxes[t]`` is the latent box of tile ``t``; batch item ``i`` belongs to tile
+    ``(i % (tiles * images)) // images``.
+    """
+
+    grid: RegionGrid
+    indices: tuple[int, ...]
+    chunks: int
+    images: int
+
+    @property
+    def boxes(self) -> tuple[Box, ...]:
+        return tuple(self.grid.boxes[i] for i in self.indices)
+
+    def tile_of_item(self, item: int) -> int:
+        """Grid index of the tile that batch item ``item`` belongs to."""
+        k = len(self.indices)
+        return self.indices[(item % (k * self.images)) // self.images]
+
+
+def gather_tiles(x: torch.Tensor, boxes: tuple[Box, ...], chunks: int) -> torch.Tensor:
+    """Crop ``boxes`` out of ``x`` (batch = chunks x images) into one ``(chunk, tile, image)`` batch."""
+    per_chunk = x.shape[0] // chunks
+    parts = []
+    for c in range(chunks):
+        xc = x[c * per_chunk:(c + 1) * per_chunk]
+        parts.extend(xc[(..., *b.slices())] for b in boxes)
+    return torch.cat(parts)
+
+
+def repeat_per_tile(t: torch.Tensor, chunks: int, tiles: int) -> torch.Tensor:
+    """Repeat a per-item tensor (batch = chunks x images) for ``tiles`` tiles, chunk-major."""
+    per_chunk = t.shape[0] // chunks
+    t = t.reshape(chunks, 1, per_chunk, *t.shape[1:])
+    return t.expand(chunks, tiles, per_chunk, *t.shape[3:]).reshape(chunks * tiles * per_chunk, *t.shape[3:])
+
+
+class TileMerger:
+    """Accumulates weighted tile predictions and returns their MultiDiffusion average."""
+
+    def __init__(self, like: torch.Tensor, grid: RegionGrid, weights: torch.Tensor):
+        self.grid = grid
+        self.weights = weights.to(like.device, like.dtype)
+        self.total = torch.zeros_like(like)
+        self.norm = torch.zeros((1, 1, *like.shape[-2:]), device=like.device, dtype=like.dtype)
+
+    def add(self, out: torch.Tensor, indices: tuple[int, ...], chunks: int) -> None:
+        k = len(indices)
+        per_chunk = self.total.shape[0] // chunks
+        out = out.reshape(chunks, k, per_chunk, *out.shape[1:])
+        for j, i in enumerate(indices):
+            rows, cols = self.grid.boxes[i].slices()
+            w = self.weights[i]
+            self.total[:, :, rows, cols] += (out[:, j] * w).reshape(-1, *out.shape[3:])
+            self.norm[:, :, rows, cols] += w
+
+    def result(self, fallback: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted average; cells no tile covered (skipped tiles) take ``fallback``."""
+        covered = self.norm > 0
+        merged = self.total / torch.where(covered, self.norm, torch.ones_like(self.norm))
+        if fallback is not None:
+            merged = torch.where(covered, merged, fallback)
+        return merged
