@@ -1,10 +1,10 @@
-"""ComfyUI node classes: thin shells over the core library in ``cupscale/``."""
-from .tiled_diffusion import TiledBlendedDiffusion
+"""ComfyUI node classes: thin shells over the core library in ``cupscale/``.
 
-NODE_CLASS_MAPPINGS = {
-    "TiledBlendedDiffusion": TiledBlendedDiffusion,
-}
+Each module here is one node family and exports NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS.
+"""
+from . import tiled_diffusion
 
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "TiledBlendedDiffusion": "Tiled Blended Diffusion (cupscale)",
-}
+FAMILIES = [tiled_diffusion]
+
+NODE_CLASS_MAPPINGS = {k: v for m in FAMILIES for k, v in m.NODE_CLASS_MAPPINGS.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in FAMILIES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}

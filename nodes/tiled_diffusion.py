@@ -224,3 +224,7 @@ class TiledBlendedDiffusion:
             patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
             patched.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
         return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {"TiledBlendedDiffusion": TiledBlendedDiffusion}
+NODE_DISPLAY_NAME_MAPPINGS = {"TiledBlendedDiffusion": "Tiled Blended Diffusion (cupscale)"}
