@@ -110,3 +110,12 @@ def conditioning(kind: str, seed: int, tokens: int = 77, batch: int = 1) -> list
     g = torch.Generator().manual_seed(seed)
     extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=g)} if kind == "sdxl" else {}
     return [[torch.randn(batch, tokens, CONTEXT_DIM, generator=g), extra]]
+
+
+def tiny_controlnet(kind: str = "sd15", seed: int = 0):
+    """A ControlNet (ComfyUI's cldm class, the UNet's encoder half plus hint block) for ``kind``."""
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    config = {k: v for k, v in UNET[kind].items() if k not in ("out_channels", "transformer_depth_output")}
+    net = seeded_fill(comfy.cldm.cldm.ControlNet(hint_channels=3, **config), seed)
+    return comfy.controlnet.ControlNet(control_model=net, load_device=comfy.model_management.get_torch_device())

@@ -3,8 +3,11 @@
 Each module here is one node family and exports NODE_CLASS_MAPPINGS / NODE_DISPLAY_NAME_MAPPINGS.
 """
 from . import tiled_diffusion
+from . import structure_guide
+from . import repaint
+from . import captioner
 
-FAMILIES = [tiled_diffusion]
+FAMILIES = [tiled_diffusion, structure_guide, repaint, captioner]
 
 NODE_CLASS_MAPPINGS = {k: v for m in FAMILIES for k, v in m.NODE_CLASS_MAPPINGS.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v for m in FAMILIES for k, v in m.NODE_DISPLAY_NAME_MAPPINGS.items()}

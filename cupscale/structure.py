@@ -1,0 +1,127 @@
+"""Global Structure Prior (C-Upscale, seed 000, Fig. 3): keep the low-resolution image's layout.
+
+Notation. At every denoising step the sampler holds the denoised estimate ẑ₀ of the high-resolution
+latent (for tiled sampling, the MultiDiffusion merge of the tiles, after CFG). z_L is the
+low-resolution latent resized to ẑ₀'s size. A low-pass LP splits a latent into bands,
+x = LP(x) + HP(x) with HP = I − LP. The prior aligns ẑ₀'s low band with z_L's:
+
+    ẑ₀' = HP(ẑ₀) + (1 − w_t) · LP(ẑ₀) + w_t · LP(z_L)                                      (GSP)
+
+so the composition and colours (low band) follow the low-resolution image while the details
+(high band) stay the model's. w_t is the strength, shaped over a range of steps by a decay.
+
+What w_t = 1 guarantees, for each kind of low-pass:
+- ``fft``: LP is an orthogonal projection (an ideal band mask, LP∘LP = LP), so LP(ẑ₀') = LP(z_L)
+  and HP(ẑ₀') = HP(ẑ₀): both bands are exactly the intended ones, measured by the same filter.
+- ``gaussian``: a blur G is not a projection (G∘G ≠ G), so no additive correction can make
+  G(ẑ₀') = G(z_L) without deconvolving. What (GSP) guarantees is the split itself: ẑ₀' is the sum
+  of z_L's low band G(z_L) and ẑ₀'s high band ẑ₀ − G(ẑ₀); equivalently the guide adds only blurred
+  content, ẑ₀' − ẑ₀ = G(z_L − ẑ₀), and what differs from the reference is only high-passed,
+  ẑ₀' − z_L = (I − G)(ẑ₀ − z_L).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .lowpass import lowpass
+
+DECAY_SHAPES = ("constant", "linear", "cosine")
+
+
+def frequency_split(x: torch.Tensor, kind: str, amount: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LP(x), HP(x)) with HP = x − LP(x): the two bands sum back to ``x``."""
+    low = lowpass(x, kind, amount)
+    return low, x - low
+
+
+def align_low_frequencies(denoised: torch.Tensor, reference_low: torch.Tensor, weight: float,
+                          kind: str, amount: float) -> torch.Tensor:
+    """Equation (GSP): HP(ẑ₀) + lerp(LP(ẑ₀), LP(z_L), w_t); ``reference_low`` is LP(z_L)."""
+    low, high = frequency_split(denoised, kind, amount)
+    return high + torch.lerp(low, reference_low.to(low.dtype), weight)
+
+
+def check_same_aspect(reference_hw: tuple[int, int], working_hw: tuple[int, int]) -> None:
+    """Refuse a reference of another aspect ratio: stretching it would distort the structure.
+
+    One latent cell of rounding per side is allowed (sizes are rounded to whole cells at every
+    stage of an upscale), i.e. |H·w − W·h| ≤ H + W + h + w.
+    """
+    (h, w), (H, W) = reference_hw, working_hw
+    if abs(H * w - W * h) > H + W + h + w:
+        raise ValueError(
+            f"reference latent is {w}x{h} cells but the latent being sampled is {W}x{H}: their aspect ratios "
+            f"differ ({w / h:.3f} vs {W / H:.3f}). Give LowFreqStructureGuide the low-resolution latent of the "
+            f"same image (any size, same aspect ratio) that was upscaled to make the sampled latent.")
+
+
+def reference_at(reference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """z_L: the low-resolution latent resized to the working latent's size (any factor, 2.5 or 1/3).
+
+    Bilinear, antialiased when shrinking: only the reference's low band is used, and bilinear
+    interpolation keeps it without the overshoot of bicubic.
+    """
+    check_same_aspect(tuple(reference.shape[-2:]), size)
+    if tuple(reference.shape[-2:]) == tuple(size):
+        return reference
+    resized = F.interpolate(reference.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return resized.to(reference.dtype)
+
+
+def reference_for_batch(reference: torch.Tensor, batch: int) -> torch.Tensor:
+    """One reference for the whole batch, or one per image."""
+    if reference.shape[0] == batch:
+        return reference
+    if reference.shape[0] == 1:
+        return reference.expand(batch, *reference.shape[1:])
+    raise ValueError(f"reference holds {reference.shape[0]} latents but the sampler's batch has {batch} images: "
+                     f"give LowFreqStructureGuide one reference latent, or one per image of the batch.")
+
+
+def working_band(kind: str, amount: float, scale: float) -> float:
+    """A low-pass amount given in reference-latent units, in working-latent units.
+
+    Users set the band relative to the reference, which holds frequencies up to its own Nyquist
+    only: a Gaussian sigma of 1 reference cell spans ``scale`` working cells, and a cutoff that is a
+    fraction of the reference's Nyquist is ``1 / scale`` of that fraction of the working Nyquist.
+    So one setting means the same band at x1.5 and at x4.
+    """
+    return amount * scale if kind == "gaussian" else min(amount / scale, 1.0)
+
+
+def schedule_progress(sample_sigmas: torch.Tensor, sigma: float) -> float:
+    """Fraction of the sampling run done at an evaluation at ``sigma``: i / steps during step i.
+
+    Evaluations between two sigmas of the schedule (second-order samplers) belong to the step
+    that started above them.
+    """
+    steps = len(sample_sigmas) - 1
+    step = int((sample_sigmas[:-1] >= sigma * (1 - 1e-4)).sum()) - 1
+    return max(step, 0) / steps
+
+
+def step_weight(progress: float, strength: float, start: float, end: float, decay: str) -> float:
+    """w_t: ``strength`` over the steps whose progress lies in [start, end), shaped by ``decay``.
+
+    The decay runs from full strength at ``start`` toward zero at ``end``: constant, linear, or a
+    half cosine (gentle at both ends). Outside the range w_t = 0.
+    """
+    if not start <= progress < end:
+        return 0.0
+    u = (progress - start) / (end - start)
+    if decay == "constant":
+        return strength
+    if decay == "linear":
+        return strength * (1.0 - u)
+    if decay == "cosine":
+        return strength * 0.5 * (1.0 + math.cos(math.pi * u))
+    raise ValueError(f"decay {decay!r} is not one of {', '.join(DECAY_SHAPES)}")
+
+
+def lowfreq_error(x: torch.Tensor, reference: torch.Tensor, kind: str, amount: float) -> float:
+    """‖LP(x) − LP(z_L)‖ / ‖LP(z_L)‖: how far ``x``'s global structure is from the reference's."""
+    target = lowpass(reference.float(), kind, amount)
+    return float((lowpass(x.float(), kind, amount) - target).norm() / target.norm())

@@ -1,0 +1,99 @@
+"""RePaintSampler: SAMPLER -> SAMPLER that walks RePaint's zigzag schedule (core: cupscale.repaint).
+
+The wrapped k-diffusion sampler runs each downhill stretch of the schedule as its own call, inside
+one KSAMPLER, so ComfyUI's inpaint blending (the latent's noise mask, KSamplerX0Inpaint) and the
+model's patches (TiledBlendedDiffusion's mask and low-passed background) act at every step, the
+re-noised ones included.
+"""
+from __future__ import annotations
+
+import functools
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+
+from ..cupscale import repaint
+
+# These two choose their own steps between the first and last sigma, so they cannot follow a zigzag.
+OWN_STEP_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dpm_adaptive"}
+
+
+def renoise_for(model_sampling):
+    """The exact re-noising for the model's parametrisation, read off its ``noise_scaling``."""
+    scaling = type(model_sampling).noise_scaling
+    if scaling is comfy.model_sampling.EPS.noise_scaling:
+        return repaint.renoise_ve
+    if scaling is comfy.model_sampling.CONST.noise_scaling:
+        return repaint.renoise_flow
+    raise ValueError(f"RePaint cannot re-noise for {type(model_sampling).__name__} model sampling: it supports "
+                     "x0 + sigma*eps models (EPS, V_PREDICTION, EDM: SD1.5, SDXL, ...) and rectified flow (CONST: "
+                     "SD3, Flux, ...). Sample this model without the RePaint sampler.")
+
+
+def check_sampler(sampler) -> None:
+    if not isinstance(sampler, comfy.samplers.KSAMPLER):
+        raise ValueError(f"sampler: RePaint wraps k-diffusion samplers (KSamplerSelect or a Sampler... node), "
+                         f"not {type(sampler).__name__}.")
+    name = OWN_STEP_SAMPLERS.get(getattr(sampler.sampler_function, "__name__", ""))
+    if name is not None:
+        raise ValueError(f"sampler: {name} picks its own steps and cannot follow RePaint's schedule; "
+                         "use euler, euler_ancestral, dpmpp_2m, ... instead.")
+
+
+class RePaintKSampler(comfy.samplers.Sampler):
+    """A SAMPLER: ``inner`` (a KSAMPLER) along RePaint's schedule over the sigmas it is given."""
+
+    def __init__(self, inner: comfy.samplers.KSAMPLER, jump_length: int, resample_count: int):
+        self.inner, self.jump_length, self.resample_count = inner, jump_length, resample_count
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        path = repaint.jump_schedule(len(sigmas) - 1, self.jump_length, self.resample_count)
+        if len(path) > len(sigmas) and (sigmas[1:] > sigmas[:-1]).any():
+            raise ValueError("sigmas: RePaint needs a descending schedule to jump back up; these rise "
+                             f"somewhere: {[round(float(s), 4) for s in sigmas]}.")
+        walk = functools.partial(
+            repaint.sample_repaint, path=path,
+            sample_run=functools.partial(self.inner.sampler_function, **self.inner.extra_options),
+            renoise=renoise_for(model_wrap.inner_model.model_sampling),
+            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        total = repaint.forward_steps(path)
+        # The host's progress callback takes the total; give it the real number of steps, jumps included.
+        report = None if callback is None else (lambda i, x0, x, _steps: callback(i, x0, x, total))
+        ksampler = comfy.samplers.KSAMPLER(walk, inpaint_options=self.inner.inpaint_options)
+        return ksampler.sample(model_wrap, sigmas, extra_args, report, noise, latent_image, denoise_mask, disable_pbar)
+
+
+class RePaintSampler:
+    """SAMPLER -> SAMPLER with RePaint's resampling, for SamplerCustom / SamplerCustomAdvanced."""
+
+    CATEGORY = "cupscale/sampling"
+    FUNCTION = "wrap"
+    RETURN_TYPES = ("SAMPLER",)
+    DESCRIPTION = ("RePaint resampling (Lugmayr et al. 2022): every jump_length steps the sample is noised back "
+                   "jump_length steps and denoised again, resample_count times, so a masked edit harmonises with "
+                   "the kept background (Multi-Stage Blended Diffusion's first stage). Costs about resample_count "
+                   "times the steps. Works with the latent's noise mask and Tiled Blended Diffusion's mask; "
+                   "multistep samplers restart their history after each jump.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "sampler": ("SAMPLER",),
+                "jump_length": ("INT", {"default": 1, "min": 1, "max": 1000,
+                                        "tooltip": "Steps gone back (and redone) per jump; below the step count."}),
+                "resample_count": ("INT", {"default": 5, "min": 1, "max": 100,
+                                           "tooltip": "Times each stretch of steps is sampled; 1 = the sampler alone."}),
+            },
+        }
+
+    def wrap(self, sampler, jump_length, resample_count):
+        check_sampler(sampler)
+        repaint.check_resampling(jump_length, resample_count)
+        return (RePaintKSampler(sampler, jump_length, resample_count),)
+
+
+NODE_CLASS_MAPPINGS = {"RePaintSampler": RePaintSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"RePaintSampler": "RePaint Resampling (cupscale)"}

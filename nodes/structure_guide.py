@@ -1,0 +1,118 @@
+"""LowFreqStructureGuide: C-Upscale's Global Structure Prior as a post-CFG patch (core: cupscale.structure).
+
+The patch runs on the denoised estimate after CFG (``sampler_post_cfg_function``), i.e. after
+TiledBlendedDiffusion has merged its tiles whatever the order the two patches were chained in, and
+before any sampler uses it, so it works with every sampler and scheduler.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..cupscale.lowpass import lowpass
+from ..cupscale.structure import (DECAY_SHAPES, align_low_frequencies, reference_at, reference_for_batch,
+                                  schedule_progress, step_weight, working_band)
+
+
+class StructureGuide:
+    """The patch: the reference z_L (in the sampler's latent space) and the schedule of w_t."""
+
+    def __init__(self, reference: torch.Tensor, strength: float, kind: str, amount: float,
+                 start: float, end: float, decay: str):
+        self.reference = reference
+        self.strength, self.kind, self.amount = strength, kind, amount
+        self.start, self.end, self.decay = start, end, decay
+        self.cached: tuple[tuple, float, torch.Tensor] | None = None
+
+    def reference_low(self, like: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """(working low-pass amount, LP(z_L)) for a working latent like ``like``; computed once per run."""
+        key = (tuple(like.shape), like.device, like.dtype)
+        if self.cached is None or self.cached[0] != key:
+            size = tuple(like.shape[-2:])
+            scale = math.sqrt(size[0] * size[1] / (self.reference.shape[-2] * self.reference.shape[-1]))
+            amount = working_band(self.kind, self.amount, scale)
+            z_l = reference_at(self.reference, size).to(like)
+            self.cached = (key, amount, reference_for_batch(lowpass(z_l, self.kind, amount), like.shape[0]))
+        return self.cached[1], self.cached[2]
+
+    def __call__(self, args: dict) -> torch.Tensor:
+        denoised = args["denoised"]
+        sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
+        progress = 0.0 if sigmas is None else schedule_progress(sigmas, float(args["sigma"].max()))
+        weight = step_weight(progress, self.strength, self.start, self.end, self.decay)
+        if weight == 0:
+            return denoised
+        amount, reference_low = self.reference_low(denoised)
+        return align_low_frequencies(denoised, reference_low, weight, self.kind, amount)
+
+
+def check_reference(samples: torch.Tensor, channels: int) -> None:
+    if samples.ndim != 4:
+        raise ValueError(f"reference has shape {tuple(samples.shape)}: LowFreqStructureGuide needs an image latent "
+                         f"(batch, channels, height, width), e.g. from VAE Encode of the low-resolution image.")
+    if samples.numel() == 0:
+        raise ValueError(f"reference is empty (shape {tuple(samples.shape)}): connect the low-resolution latent "
+                         f"(VAE Encode of the image before upscaling).")
+    if samples.shape[1] != channels:
+        raise ValueError(f"reference has {samples.shape[1]} channels but the model's latents have {channels}: "
+                         f"encode the low-resolution image with this model's VAE.")
+
+
+class LowFreqStructureGuide:
+    """MODEL -> MODEL whose denoised estimate keeps the low frequencies of a low-resolution latent."""
+
+    CATEGORY = "cupscale"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+    DESCRIPTION = ("Global Structure Prior (C-Upscale): at every step in the chosen range, the low-frequency band "
+                   "of the denoised latent is pulled toward that of the reference (the low-resolution latent, "
+                   "resized to the sampled latent), while the model keeps the details. Keeps colours and "
+                   "composition from drifting in tiled upscales. Chain with TiledBlendedDiffusion in any order.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "reference": ("LATENT", {"tooltip": "The low-resolution latent of the image being upscaled; any size "
+                                                    "with the aspect ratio of the sampled latent."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "1 replaces the low band by the reference's; 0 turns the guide off."}),
+                "lowpass": (["gaussian", "fft"], {"tooltip": "Gaussian blur (smooth band edge) or ideal FFT band "
+                                                             "(exact projection)."}),
+                "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 64.0, "step": 0.1,
+                                    "tooltip": "Gaussian sigma in cells of the reference latent (lowpass = gaussian); "
+                                               "larger keeps only coarser structure from the reference."}),
+                "cutoff": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.01,
+                                     "tooltip": "FFT cutoff as a fraction of the reference's Nyquist frequency "
+                                                "(lowpass = fft); 1 takes every frequency the reference holds."}),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                            "tooltip": "First affected step, as a fraction of the sampler's steps."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                          "tooltip": "Steps from here on are left alone."}),
+                "decay": (list(DECAY_SHAPES), {"tooltip": "How the strength falls over the range: constant, "
+                                                          "linear to 0, or a half cosine."}),
+            },
+        }
+
+    def patch(self, model, reference, strength, lowpass, sigma, cutoff, start_percent, end_percent, decay):
+        samples = reference["samples"]
+        latent_format = model.model.latent_format
+        check_reference(samples, latent_format.latent_channels)
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength = {strength} must lie in [0, 1].")
+        if not 0 <= start_percent < end_percent <= 1:
+            raise ValueError(f"start_percent = {start_percent}, end_percent = {end_percent}: the range must satisfy "
+                             f"0 <= start_percent < end_percent <= 1 (set strength 0 to turn the guide off).")
+        amount = sigma if lowpass == "gaussian" else cutoff
+        guide = StructureGuide(latent_format.process_in(samples.float()), strength, lowpass, amount,
+                               start_percent, end_percent, decay)
+        patched = model.clone()
+        # A plain closure: model_options are deep-copied on every clone, a function is copied by reference.
+        patched.set_model_sampler_post_cfg_function(lambda args: guide(args))
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {"LowFreqStructureGuide": LowFreqStructureGuide}
+NODE_DISPLAY_NAME_MAPPINGS = {"LowFreqStructureGuide": "Low-Frequency Structure Guide (cupscale)"}

@@ -1,0 +1,269 @@
+"""MLLMRegionCaptioner in a real ComfyUI: tiny local VLMs, an OpenAI-compatible test server, the JSON loop."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from PIL import Image
+
+import tiny_vlms
+from cupscale import mllm_backends
+from cupscale.captioning import CACHE, XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL
+from cupscale.region_prompts import from_json
+from harness.comfy_host import PromptError, run_prompt
+
+H, W, TILE, OVERLAP = 112, 144, 64, 16  # a 2x3 grid of regions
+
+
+@pytest.fixture(scope="module")
+def llm_dir(host, tmp_path_factory):
+    """A models/LLM folder holding tiny LLaVA-like, Qwen2-VL-like and text-only models."""
+    import folder_paths
+    root = tmp_path_factory.mktemp("LLM")
+    tiny_vlms.llava(root / "tiny-llava")
+    tiny_vlms.qwen2_vl(root / "org" / "tiny-qwen2-vl")
+    tiny_vlms.text_only(root / "tiny-llama")
+    (root / "weights-only").mkdir()
+    folder_paths.add_model_folder_path("LLM", str(root))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    CACHE.clear()
+    mllm_backends._parked.clear()
+    yield
+    mllm_backends._parked.clear()
+
+
+@pytest.fixture
+def captioner(pack_node):
+    node = pack_node("MLLMRegionCaptioner")
+
+    def caption(image=None, **kw):
+        args = dict(backend="local model", local_model="tiny-llava", endpoint_url="http://127.0.0.1:9/v1",
+                    endpoint_model="", tile_width=TILE, tile_height=TILE, overlap=OVERLAP,
+                    region_prompts="description (C-Upscale)", xpsr_descriptions=False, max_tokens=8,
+                    on_region_failure="use global prompt", global_prompt="a walled garden", device="cpu")
+        args.update(kw)
+        return node.caption(noise_image() if image is None else image, **args)
+    return caption
+
+
+def noise_image(seed=0, h=H, w=W):
+    return torch.rand(1, h, w, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_structure(prompts, grid_len=6):
+    assert len(prompts.prompts) == len(prompts.grid) == grid_len
+    assert prompts.global_prompt == "a walled garden"
+    assert all(isinstance(p, str) and p.strip() for p in prompts.prompts)
+
+
+def test_local_llava_runs_in_a_graph_and_gives_one_prompt_per_region(llm_dir, host):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": 1, "color": 0x336699}},
+        "2": {"class_type": "MLLMRegionCaptioner", "inputs": {
+            "image": ["1", 0], "backend": "local model", "local_model": "tiny-llava", "endpoint_url": "",
+            "endpoint_model": "", "tile_width": TILE, "tile_height": TILE, "overlap": OVERLAP,
+            "region_prompts": "description + tags", "xpsr_descriptions": True, "max_tokens": 6,
+            "on_region_failure": "use global prompt", "global_prompt": "a walled garden", "device": "cpu",
+            "batch_size": 4}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+    }
+    out = run_prompt(prompt)
+    prompts = from_json(out["outputs"]["3"]["text"][0])
+    assert_structure(prompts)
+    assert prompts.grid == host_tile_grid(host, H, W, TILE, OVERLAP)
+    assert prompts.high_level and prompts.low_level  # the tiny LLaVA with this seed does answer
+    assert "tiny-llava" in {p.split("/")[-1] for p in host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"]
+                            .INPUT_TYPES()["required"]["local_model"][0]}
+
+
+def host_tile_grid(host, h, w, tile, overlap):
+    """The grid TiledBlendedDiffusion itself builds for a latent of this image (read off its patch)."""
+    from harness import tiny_models
+    import comfy.patcher_extension
+    patched = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().patch(tiny_models.tiny_model("sd15"), tile, tile,
+                                                                       overlap, 4)[0]
+    wrappers = patched.wrappers[comfy.patcher_extension.WrappersMP.APPLY_MODEL]
+    patch = next(iter(wrappers.values()))[0].__self__
+    return patch.grid((h // 8, w // 8))[0]
+
+
+@pytest.mark.parametrize("model", ["tiny-llava", "org/tiny-qwen2-vl"])
+def test_local_models_batch_regions_and_free_the_model(llm_dir, captioner, monkeypatch, model):
+    batches = []
+    original = mllm_backends.LocalVLM.caption
+    monkeypatch.setattr(mllm_backends.LocalVLM, "caption",
+                        lambda self, images, *a: batches.append(len(images)) or original(self, images, *a))
+    prompts, text, high, low = captioner(local_model=model, batch_size=4)
+    assert_structure(prompts)
+    assert batches == [4, 2] and high == low == ""
+    assert from_json(text) == prompts
+    assert not mllm_backends._parked
+
+
+def test_second_identical_run_asks_nothing_and_a_new_instruction_asks_again(llm_dir, captioner, monkeypatch):
+    calls = []
+    original = mllm_backends.LocalVLM.caption
+    monkeypatch.setattr(mllm_backends.LocalVLM, "caption",
+                        lambda self, images, *a: calls.append(len(images)) or original(self, images, *a))
+    first = captioner(batch_size=6)[0]
+    assert calls == [6]
+    again = captioner(batch_size=6, prefix="photo")[0]
+    assert calls == [6] and again.prompts == tuple(f"photo, {p}" if p != first.global_prompt else p
+                                                   for p in first.prompts)
+    captioner(batch_size=6, description_instruction="Name the main object.")
+    assert calls == [6, 6]
+
+
+def test_offload_keeps_the_model_on_the_cpu_for_the_next_run(llm_dir, captioner):
+    captioner(after_use="offload to CPU")
+    (key, (processor, model)), = mllm_backends._parked.items()
+    assert key[0].endswith("tiny-llava") and next(model.parameters()).device.type == "cpu"
+    captioner(image=noise_image(1))
+    assert not mllm_backends._parked
+
+
+def test_grid_matches_tiled_diffusion_and_json_feeds_back_in(llm_dir, host, captioner):
+    prompts, text, *_ = captioner()
+    doc = json.loads(text)
+    doc["regions"][4]["prompt"] = "a red door in an ivy wall"
+    doc["xpsr_high_level"] = "edited summary"
+    fed, text2, high, _ = captioner(region_prompts_json=json.dumps(doc), local_model="no-such-model")
+    assert fed.prompts[4] == "a red door in an ivy wall" and fed.prompts[:4] == prompts.prompts[:4]
+    assert high == "edited summary" and from_json(text2) == fed
+    fed.check_grid(host_tile_grid(host, H, W, TILE, OVERLAP), "TiledBlendedDiffusion's tiles")
+    with pytest.raises(ValueError, match=r"was made for 2x3 tiles .* but TiledBlendedDiffusion's tiles uses 2x2"):
+        fed.check_grid(host_tile_grid(host, H, W, 96, OVERLAP), "TiledBlendedDiffusion's tiles")
+    with pytest.raises(ValueError, match=r"region prompts .* was made for 2x3 tiles .* this node's image \(144x112\) "
+                                         r"and tile settings uses 2x2 tiles"):
+        captioner(region_prompts_json=text, tile_width=96, tile_height=96)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(local_model="missing"), r"local_model = 'missing': no such model folder"),
+    (dict(local_model="weights-only"), r"weights-only is not a transformers model folder"),
+    (dict(local_model="tiny-llama"), r"holds a 'llama' model, which cannot look at images"),
+    (dict(hf_repo_id="someone/some-vlm"), r"hf_repo_id: 'someone/some-vlm' is not in .*enable allow_download"),
+    (dict(tile_width=100), r"tile_width = 100: tiles must be at least 64 pixels and a multiple of 8"),
+    (dict(backend="endpoint", endpoint_model=""), r"endpoint_model is empty"),
+    (dict(backend="endpoint", endpoint_model="m", endpoint_url="localhost:1234"), r"must start with http://"),
+])
+def test_bad_settings_are_named(llm_dir, captioner, kw, match):
+    with pytest.raises(ValueError, match=match):
+        captioner(**kw)
+
+
+def test_bad_model_choice_fails_the_graph_with_the_message(llm_dir):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "MLLMRegionCaptioner", "inputs": {
+            "image": ["1", 0], "backend": "local model", "local_model": "tiny-llama", "endpoint_url": "",
+            "endpoint_model": "", "tile_width": TILE, "tile_height": TILE, "overlap": OVERLAP,
+            "region_prompts": "description (C-Upscale)", "xpsr_descriptions": False, "max_tokens": 4,
+            "on_region_failure": "stop with an error", "device": "cpu"}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
+    }
+    with pytest.raises(PromptError, match="MLLMRegionCaptioner.*cannot look at images"):
+        run_prompt(prompt)
+
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """/v1/chat/completions whose behaviour is chosen by the model name."""
+
+    requests: list[dict] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOpenAI.requests.append({"path": self.path, **body})
+        model = body["model"]
+        if model == "slow":
+            time.sleep(1.5)
+        if model == "broken":
+            return self.reply(500, {"error": {"message": "CUDA out of memory"}})
+        if model == "missing":
+            return self.reply(404, {"error": {"message": "model 'missing' not found, try pulling it first"}})
+        content = body["messages"][0]["content"]
+        image = Image.open(io.BytesIO(base64.b64decode(content[1]["image_url"]["url"].split(",", 1)[1])))
+        self.reply(200, {"choices": [{"message": {"role": "assistant",
+                                                  "content": f" {content[0]['text'][:6]}\n{image.size[0]}x{image.size[1]} "}}]})
+
+    def reply(self, code, doc):
+        data = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    FakeOpenAI.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def endpoint_args(url, model="vlm", **kw):
+    return dict(backend="endpoint", endpoint_url=url, endpoint_model=model, local_model="(unused)", **kw)
+
+
+def test_endpoint_sends_png_crops_and_caches(server, captioner):
+    prompts, _, high, low = captioner(**endpoint_args(server, xpsr_descriptions=True, max_tokens=33))
+    assert_structure(prompts)
+    assert prompts.prompts[0] == "Descri 64x64" and high == "Please 144x112" and low == "Please 144x112"
+    sent = FakeOpenAI.requests
+    assert len(sent) == 6 + 2 and {r["path"] for r in sent} == {"/v1/chat/completions"}
+    assert {r["max_tokens"] for r in sent} == {33} and {r["model"] for r in sent} == {"vlm"}
+    assert {r["messages"][0]["content"][0]["text"] for r in sent[6:]} == {XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL}
+    assert all(r["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,") for r in sent)
+    captioner(**endpoint_args(server, xpsr_descriptions=True, max_tokens=33), prefix="x")
+    assert len(FakeOpenAI.requests) == 8
+
+
+def test_endpoint_timeout_is_retried_a_bounded_number_of_times(server, captioner):
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"no reply within timeout_s = 0.3 s after 2 attempts"):
+        captioner(**endpoint_args(server, "slow", timeout_s=0.3, retries=1), on_region_failure="stop with an error",
+                  tile_width=128, tile_height=128)
+    assert len(FakeOpenAI.requests) == 2 and time.monotonic() - start < 5
+
+
+def test_endpoint_server_error_falls_back_to_global_prompt_with_warning(server, captioner, caplog):
+    prompts, *_ = captioner(**endpoint_args(server, "broken", retries=1))
+    assert prompts.prompts == ("a walled garden",) * 6
+    assert len(FakeOpenAI.requests) == 12  # 6 regions x (1 try + 1 retry)
+    assert "6 of 6 regions got no caption" in caplog.text and "HTTP 500: CUDA out of memory" in caplog.text
+
+
+def test_endpoint_rejection_is_not_retried_and_names_the_model(server, captioner):
+    with pytest.raises(RuntimeError, match=r"rejected the request \(HTTP 404: model 'missing' not found.*"
+                                           r"endpoint_model = 'missing'"):
+        captioner(**endpoint_args(server, "missing", retries=3))
+    assert len(FakeOpenAI.requests) == 1
+
+
+def test_unreachable_endpoint_says_what_to_set(captioner):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but never listening: connections are refused
+        with pytest.raises(RuntimeError, match=rf"could not reach the endpoint at http://127.0.0.1:{port}/v1/chat/"
+                                               r"completions .*set endpoint_url"):
+            captioner(**endpoint_args(f"http://127.0.0.1:{port}", retries=0))

@@ -1,0 +1,107 @@
+"""Tiny random-initialised vision-language models saved as a user's model folder would be.
+
+Each builder writes config, weights, tokenizer, image processor and chat template with
+``save_pretrained``, so the captioner loads them exactly as it loads a downloaded model; no hub access.
+Random weights produce gibberish: tests assert structure, never wording.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+WORDS = "a the sky tree stone wall grass water cloud red green blue sharp blurry noisy bright dark".split()
+UNK, PAD, BOS, EOS = "[UNK]", "[PAD]", "<s>", "</s>"
+
+
+def word_tokenizer(special: list[str], chat_template: str) -> PreTrainedTokenizerFast:
+    """A whitespace WordLevel tokenizer with the model's special tokens and a chat template."""
+    vocab = {tok: i for i, tok in enumerate([UNK, PAD, BOS, EOS, *special, *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=UNK, pad_token=PAD, bos_token=BOS,
+                                        eos_token=EOS, additional_special_tokens=special)
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def save(folder: Path, model, processor) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+LLAVA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    " {% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def llava(folder: Path, seed: int = 0) -> Path:
+    """LLaVA-1.5-like: a CLIP vision tower, an MLP projector and a Llama decoder, 28x28 crops."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+    tokenizer = word_tokenizer(["<image>"], LLAVA_TEMPLATE)
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=28, patch_size=14),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        image_token_index=image_token, vision_feature_layer=-1, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_TEMPLATE)
+    return save(folder, model, processor)
+
+
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def qwen2_vl(folder: Path, seed: int = 0) -> Path:
+    """Qwen2-VL-like: a windowless ViT with 2x2 patch merging and an M-RoPE Qwen2 decoder."""
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    tokenizer = word_tokenizer(QWEN_SPECIAL, QWEN_TEMPLATE)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL}
+    config = Qwen2VLConfig(
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "max_position_embeddings": 512,
+                     "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": ids["<|im_end|>"],
+                     "pad_token_id": tokenizer.pad_token_id},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2,
+                                            temporal_patch_size=2)
+    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN_TEMPLATE)
+    return save(folder, model, processor)
+
+
+def text_only(folder: Path, seed: int = 0) -> Path:
+    """A plain Llama language model folder: what a user might pick by mistake."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tokenizer = word_tokenizer([], LLAVA_TEMPLATE)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+    return save(folder, model, tokenizer)
