@@ -82,8 +82,9 @@ class Instructions:
     def get(self, name: str) -> str:
         text = getattr(self, name).strip()
         if not text:
-            raise ValueError(f"{name}_instruction is empty: write the instruction for the MLLM, "
-                             f"or clear it to get the default back.")
+            default = getattr(Instructions, name)
+            raise ValueError(f"{name}_instruction is empty: write what the MLLM should be asked "
+                             f"(the default is {default!r}).")
         return text
 
 
@@ -121,7 +122,8 @@ class Crop:
 
     @cached_property
     def digest(self) -> str:
-        return hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes() + str(self.pixels.shape).encode()).hexdigest()
+        data = np.ascontiguousarray(self.pixels).tobytes() + str(self.pixels.shape).encode()
+        return hashlib.sha256(data).hexdigest()
 
     def image(self) -> Image.Image:
         return Image.fromarray(self.pixels, "RGB")
@@ -213,7 +215,7 @@ class Captioner:
     def __init__(self, backend: CaptionBackend, cache: CaptionCache, max_tokens: int,
                  progress: Progress | None = None):
         if max_tokens < 1:
-            raise ValueError(f"max_tokens = {max_tokens} must be at least 1 (XPSR's descriptions need about 200).")
+            raise ValueError(f"max_tokens = {max_tokens} must be at least 1 (XPSR let LLaVA write up to about 200).")
         self.backend, self.cache, self.max_tokens = backend, cache, max_tokens
         self.progress = progress or (lambda done, total: None)
         self.model_calls = 0
@@ -257,39 +259,51 @@ def compose(prefix: str, parts: Sequence[str], suffix: str) -> str:
     return ", ".join(p for p in (prefix.strip(), *(p.strip() for p in parts), suffix.strip()) if p)
 
 
-def caption_image(image: torch.Tensor, grid: RegionGrid, captioner: Captioner, request: CaptionRequest) -> RegionPrompts:
+def caption_image(image: torch.Tensor, grid: RegionGrid, captioner: Captioner,
+                  request: CaptionRequest) -> RegionPrompts:
     """Region prompts for ``image`` (a ComfyUI IMAGE of one picture) over ``grid``.
 
     Every (crop, instruction) pair is asked once; regions whose answers failed take the global
     prompt when ``request.fallback_to_global``, otherwise the run stops with the list of them.
     """
     pixels = to_uint8_rgb(image)
-    cells = (pixels.shape[0] // PIXELS_PER_CELL, pixels.shape[1] // PIXELS_PER_CELL)
-    if (grid.height, grid.width) != cells:
+    if (grid.height, grid.width) != (pixels.shape[0] // PIXELS_PER_CELL, pixels.shape[1] // PIXELS_PER_CELL):
         raise ValueError(f"the grid covers a {grid.width}x{grid.height}-cell latent but the image is "
                          f"{pixels.shape[1]}x{pixels.shape[0]} pixels; build the grid with image_grid().")
     crops, whole = region_crops(pixels, grid), whole_image(pixels)
-    region_instructions = request.region_instructions()
-    high = request.instructions.get("high_level") if request.xpsr or not request.global_prompt.strip() else ""
-    low = request.instructions.get("low_level") if request.xpsr else ""
-    jobs = [(crop, ins) for ins in region_instructions for crop in crops]
-    jobs += [(whole, ins) for ins in (high, low) if ins]
-    answers = iter(captioner.answer(jobs))
-    per_region = list(zip(*[[next(answers) for _ in crops] for _ in region_instructions]))
-    whole_answers = {name: whole_text(next(answers), name) for name, ins in (("high_level", high), ("low_level", low)) if ins}
+    about_whole = whole_image_instructions(request)
+    jobs = [(crop, ins) for ins in request.region_instructions() for crop in crops]
+    jobs += [(whole, ins) for ins in about_whole.values()]
+    answers = captioner.answer(jobs)
+    region_answers = answers[:len(jobs) - len(about_whole)]  # instruction-major: region i at i, i + n, ...
+    texts = {name: whole_text(a, name) for name, a in zip(about_whole, answers[len(region_answers):])}
 
-    global_prompt = request.global_prompt.strip() or whole_answers["high_level"]
+    global_prompt = request.global_prompt.strip() or texts["high_level"]
+    per_region = [region_answers[i::len(crops)] for i in range(len(crops))]
+    return RegionPrompts(grid, region_texts(per_region, grid, request, global_prompt), global_prompt,
+                         texts.get("high_level", "") if request.xpsr else "", texts.get("low_level", ""))
+
+
+def whole_image_instructions(request: CaptionRequest) -> dict[str, str]:
+    """XPSR's two descriptions when asked; the high-level one also stands in for a missing global prompt."""
+    names = ["high_level"] if request.xpsr or not request.global_prompt.strip() else []
+    names += ["low_level"] if request.xpsr else []
+    return {name: request.instructions.get(name) for name in names}
+
+
+def region_texts(per_region: list[list[Answer]], grid: RegionGrid, request: CaptionRequest,
+                 global_prompt: str) -> tuple[str, ...]:
+    """``prefix, answers, suffix`` per region; failed regions get the global prompt or stop the run."""
     prompts, failures = [], {}
-    for i, parts in enumerate(per_region):
-        errors = [a.error for a in parts if a.error]
+    for i, answers in enumerate(per_region):
+        errors = [a.error for a in answers if a.error]
         if errors:
             failures[i] = errors[0]
             prompts.append(global_prompt)
         else:
-            prompts.append(compose(request.prefix, [a.text for a in parts], request.suffix))
+            prompts.append(compose(request.prefix, [a.text for a in answers], request.suffix))
     report_failures(failures, grid, request.fallback_to_global)
-    return RegionPrompts(grid, tuple(prompts), global_prompt,
-                         whole_answers.get("high_level", "") if request.xpsr else "", whole_answers.get("low_level", ""))
+    return tuple(prompts)
 
 
 def whole_text(answer: Answer, name: str) -> str:
@@ -304,7 +318,8 @@ def whole_text(answer: Answer, name: str) -> str:
 def report_failures(failures: dict[int, str], grid: RegionGrid, fallback: bool) -> None:
     if not failures:
         return
-    listed = "; ".join(f"region {i} (row {i // grid.cols}, col {i % grid.cols}): {why}" for i, why in failures.items())
+    listed = "; ".join(f"region {i} (row {i // grid.cols}, col {i % grid.cols}): {why}"
+                       for i, why in failures.items())
     if not fallback:
         raise RuntimeError(f"{len(failures)} of {len(grid)} regions got no caption: {listed}. Set "
                            f"on_region_failure to 'use global prompt' to continue with the global prompt there.")

@@ -57,8 +57,9 @@ def vlm_config(source: str, local_files_only: bool, cache_dir: str | None):
         raise ValueError(f"hf_repo_id: {source!r} is not in {cache_dir}: {hint}, or put the model folder "
                          f"under models/LLM and choose it as local_model.") from None
     if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        raise ValueError(f"local_model: {source} holds a {config.model_type!r} model, which cannot look at images. "
-                         f"Choose a vision-language model folder (LLaVA, Qwen2-VL, Qwen2.5-VL, SmolVLM, Idefics3, ...).")
+        raise ValueError(f"local_model: {source} holds a {config.model_type!r} model, which cannot look at "
+                         f"images. Choose a vision-language model folder (LLaVA, Qwen2-VL, Qwen2.5-VL, SmolVLM, "
+                         f"Idefics3, ...).")
     return config
 
 

@@ -14,8 +14,8 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..cupscale.captioning import (CACHE, DEGRADATION_TAGS, DESCRIPTION, MODES, XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL,
-                                   Captioner, CaptionRequest, Instructions, caption_image, image_grid)
+from ..cupscale import captioning
+from ..cupscale.captioning import CACHE, MODES, Captioner, CaptionRequest, Instructions, caption_image, image_grid
 from ..cupscale.mllm_backends import DTYPES, LocalVLM, OpenAIEndpoint
 from ..cupscale.region_prompts import TYPE_NAME, from_json, to_json
 from .tiled_diffusion import check_tiling_inputs
@@ -121,10 +121,13 @@ class MLLMRegionCaptioner:
                                                "Empty: the model's high-level description of the whole image."),
                 "prefix": ("STRING", {"default": "", "tooltip": "Put before every region's caption."}),
                 "suffix": ("STRING", {"default": "", "tooltip": "Put after every region's caption."}),
-                "description_instruction": multiline(DESCRIPTION, "Asked about each region for its description."),
-                "tags_instruction": multiline(DEGRADATION_TAGS, "Asked about each region for its tags."),
-                "high_level_instruction": multiline(XPSR_HIGH_LEVEL, "XPSR's high-level instruction (Sec. 3.3)."),
-                "low_level_instruction": multiline(XPSR_LOW_LEVEL, "XPSR's low-level instruction (Sec. 3.3)."),
+                "description_instruction": multiline(captioning.DESCRIPTION,
+                                                     "Asked about each region for its description."),
+                "tags_instruction": multiline(captioning.DEGRADATION_TAGS, "Asked about each region for its tags."),
+                "high_level_instruction": multiline(captioning.XPSR_HIGH_LEVEL,
+                                                    "XPSR's high-level instruction (Sec. 3.3)."),
+                "low_level_instruction": multiline(captioning.XPSR_LOW_LEVEL,
+                                                   "XPSR's low-level instruction (Sec. 3.3)."),
                 "region_prompts_json": multiline("", "Edited region prompts JSON (this node's second output). "
                                                      "When not empty it is used instead of captioning."),
                 "device": (["auto", "cpu"], {"tooltip": "auto: ComfyUI's device (the GPU if there is one)."}),
@@ -146,9 +149,10 @@ class MLLMRegionCaptioner:
 
     def caption(self, image, backend, local_model, endpoint_url, endpoint_model, tile_width, tile_height, overlap,
                 region_prompts, xpsr_descriptions, max_tokens, on_region_failure, global_prompt="", prefix="",
-                suffix="", description_instruction=DESCRIPTION, tags_instruction=DEGRADATION_TAGS,
-                high_level_instruction=XPSR_HIGH_LEVEL, low_level_instruction=XPSR_LOW_LEVEL, region_prompts_json="",
-                device="auto", dtype="auto", batch_size=4, after_use="unload", hf_repo_id="", allow_download=False,
+                suffix="", description_instruction=captioning.DESCRIPTION,
+                tags_instruction=captioning.DEGRADATION_TAGS, high_level_instruction=captioning.XPSR_HIGH_LEVEL,
+                low_level_instruction=captioning.XPSR_LOW_LEVEL, region_prompts_json="", device="auto",
+                dtype="auto", batch_size=4, after_use="unload", hf_repo_id="", allow_download=False,
                 timeout_s=120.0, retries=2):
         check_tiling_inputs(tile_width, tile_height, overlap, 1)
         grid = image_grid(image.shape[1], image.shape[2], tile_height, tile_width, overlap)

@@ -2,13 +2,16 @@
 
 The patch runs on the denoised estimate after CFG (``sampler_post_cfg_function``), i.e. after
 TiledBlendedDiffusion has merged its tiles whatever the order the two patches were chained in, and
-before any sampler uses it, so it works with every sampler and scheduler.
+before any sampler uses it, so it works with every sampler and scheduler. An OUTER_SAMPLE wrapper
+checks the reference against the latent before the first (at 4K, minute-long) model evaluation.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+import comfy.patcher_extension
 
 from ..cupscale.lowpass import lowpass
 from ..cupscale.structure import (DECAY_SHAPES, align_low_frequencies, reference_at, reference_for_batch,
@@ -45,6 +48,10 @@ class StructureGuide:
             return denoised
         amount, reference_low = self.reference_low(denoised)
         return align_low_frequencies(denoised, reference_low, weight, self.kind, amount)
+
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+        self.reference_low(noise)
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 
 
 def check_reference(samples: torch.Tensor, channels: int) -> None:
@@ -111,6 +118,8 @@ class LowFreqStructureGuide:
         patched = model.clone()
         # A plain closure: model_options are deep-copied on every clone, a function is copied by reference.
         patched.set_model_sampler_post_cfg_function(lambda args: guide(args))
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "cupscale.structure_guide",
+                                     guide.outer_sample)
         return (patched,)
 
 

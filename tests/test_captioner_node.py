@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,33 +14,67 @@ import torch
 from PIL import Image
 
 import tiny_vlms
-from cupscale import mllm_backends
-from cupscale.captioning import CACHE, XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL
-from cupscale.region_prompts import from_json
+from cupscale.captioning import XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL
 from harness.comfy_host import PromptError, run_prompt
 
 H, W, TILE, OVERLAP = 112, 144, 64, 16  # a 2x3 grid of regions
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and on a busy machine their spin-waits cost seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def llm_dir(host, tmp_path_factory):
-    """A models/LLM folder holding tiny LLaVA-like, Qwen2-VL-like and text-only models."""
+    """A models/LLM folder holding tiny LLaVA-, Qwen2-VL- and Idefics3-like VLMs and a text-only model."""
     import folder_paths
     root = tmp_path_factory.mktemp("LLM")
     tiny_vlms.llava(root / "tiny-llava")
     tiny_vlms.qwen2_vl(root / "org" / "tiny-qwen2-vl")
+    tiny_vlms.idefics3(root / "tiny-idefics3")
     tiny_vlms.text_only(root / "tiny-llama")
     (root / "weights-only").mkdir()
     folder_paths.add_model_folder_path("LLM", str(root))
     return root
 
 
+def pack_module(host, name):
+    """The pack's own module as ComfyUI loaded it (its classes differ from the tests' ``cupscale.*``)."""
+    root = host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"].__module__.rsplit(".nodes.", 1)[0]
+    return sys.modules[f"{root}.cupscale.{name}"]
+
+
+@pytest.fixture
+def backends(host):
+    return pack_module(host, "mllm_backends")
+
+
+@pytest.fixture
+def from_json(host):
+    return pack_module(host, "region_prompts").from_json
+
+
 @pytest.fixture(autouse=True)
-def fresh_cache():
-    CACHE.clear()
-    mllm_backends._parked.clear()
+def fresh_cache(host, backends):
+    pack_module(host, "captioning").CACHE.clear()
+    backends._parked.clear()
     yield
-    mllm_backends._parked.clear()
+    backends._parked.clear()
+
+
+@pytest.fixture
+def model_calls(backends, monkeypatch):
+    """The number of images in each call of a local model."""
+    calls = []
+    original = backends.LocalVLM.caption
+    monkeypatch.setattr(backends.LocalVLM, "caption",
+                        lambda self, images, *a: calls.append(len(images)) or original(self, images, *a))
+    return calls
 
 
 @pytest.fixture
@@ -66,7 +101,7 @@ def assert_structure(prompts, grid_len=6):
     assert all(isinstance(p, str) and p.strip() for p in prompts.prompts)
 
 
-def test_local_llava_runs_in_a_graph_and_gives_one_prompt_per_region(llm_dir, host):
+def test_local_llava_runs_in_a_graph_and_gives_one_prompt_per_region(llm_dir, host, from_json):
     prompt = {
         "1": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": 1, "color": 0x336699}},
         "2": {"class_type": "MLLMRegionCaptioner", "inputs": {
@@ -97,24 +132,17 @@ def host_tile_grid(host, h, w, tile, overlap):
     return patch.grid((h // 8, w // 8))[0]
 
 
-@pytest.mark.parametrize("model", ["tiny-llava", "org/tiny-qwen2-vl"])
-def test_local_models_batch_regions_and_free_the_model(llm_dir, captioner, monkeypatch, model):
-    batches = []
-    original = mllm_backends.LocalVLM.caption
-    monkeypatch.setattr(mllm_backends.LocalVLM, "caption",
-                        lambda self, images, *a: batches.append(len(images)) or original(self, images, *a))
+@pytest.mark.parametrize("model", ["tiny-llava", "org/tiny-qwen2-vl", "tiny-idefics3"])
+def test_local_models_batch_regions_and_free_the_model(llm_dir, captioner, model_calls, backends, from_json, model):
     prompts, text, high, low = captioner(local_model=model, batch_size=4)
     assert_structure(prompts)
-    assert batches == [4, 2] and high == low == ""
+    assert model_calls == [4, 2] and high == low == ""
     assert from_json(text) == prompts
-    assert not mllm_backends._parked
+    assert not backends._parked
 
 
-def test_second_identical_run_asks_nothing_and_a_new_instruction_asks_again(llm_dir, captioner, monkeypatch):
-    calls = []
-    original = mllm_backends.LocalVLM.caption
-    monkeypatch.setattr(mllm_backends.LocalVLM, "caption",
-                        lambda self, images, *a: calls.append(len(images)) or original(self, images, *a))
+def test_second_identical_run_asks_nothing_and_a_new_instruction_asks_again(llm_dir, captioner, model_calls):
+    calls = model_calls
     first = captioner(batch_size=6)[0]
     assert calls == [6]
     again = captioner(batch_size=6, prefix="photo")[0]
@@ -124,15 +152,15 @@ def test_second_identical_run_asks_nothing_and_a_new_instruction_asks_again(llm_
     assert calls == [6, 6]
 
 
-def test_offload_keeps_the_model_on_the_cpu_for_the_next_run(llm_dir, captioner):
+def test_offload_keeps_the_model_on_the_cpu_for_the_next_run(llm_dir, captioner, backends):
     captioner(after_use="offload to CPU")
-    (key, (processor, model)), = mllm_backends._parked.items()
+    (key, (processor, model)), = backends._parked.items()
     assert key[0].endswith("tiny-llava") and next(model.parameters()).device.type == "cpu"
     captioner(image=noise_image(1))
-    assert not mllm_backends._parked
+    assert not backends._parked
 
 
-def test_grid_matches_tiled_diffusion_and_json_feeds_back_in(llm_dir, host, captioner):
+def test_grid_matches_tiled_diffusion_and_json_feeds_back_in(llm_dir, host, captioner, from_json):
     prompts, text, *_ = captioner()
     doc = json.loads(text)
     doc["regions"][4]["prompt"] = "a red door in an ivy wall"
@@ -193,8 +221,8 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             return self.reply(404, {"error": {"message": "model 'missing' not found, try pulling it first"}})
         content = body["messages"][0]["content"]
         image = Image.open(io.BytesIO(base64.b64decode(content[1]["image_url"]["url"].split(",", 1)[1])))
-        self.reply(200, {"choices": [{"message": {"role": "assistant",
-                                                  "content": f" {content[0]['text'][:6]}\n{image.size[0]}x{image.size[1]} "}}]})
+        answer = f" {content[0]['text'][:6]}\n{image.size[0]}x{image.size[1]} "  # cleaned to one line
+        self.reply(200, {"choices": [{"message": {"role": "assistant", "content": answer}}]})
 
     def reply(self, code, doc):
         data = json.dumps(doc).encode()
@@ -241,7 +269,7 @@ def test_endpoint_timeout_is_retried_a_bounded_number_of_times(server, captioner
     start = time.monotonic()
     with pytest.raises(RuntimeError, match=r"no reply within timeout_s = 0.3 s after 2 attempts"):
         captioner(**endpoint_args(server, "slow", timeout_s=0.3, retries=1), on_region_failure="stop with an error",
-                  tile_width=128, tile_height=128)
+                  tile_width=256, tile_height=256)
     assert len(FakeOpenAI.requests) == 2 and time.monotonic() - start < 5
 
 

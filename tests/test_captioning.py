@@ -50,7 +50,8 @@ def run(image, mllm, cache=None, tile=48, overlap=16, max_tokens=16, **request):
                                                       (1000, 700, 256, 256, 64), (200, 200, 1024, 1024, 128)])
 def test_grid_is_tiled_diffusions_grid_for_the_same_pixel_sizes(h, w, tile_h, tile_w, overlap):
     # nodes/tiled_diffusion.py: region_grid(latent h, w, tile_h // 8, tile_w // 8, overlap // 8)
-    assert image_grid(h, w, tile_h, tile_w, overlap) == region_grid(h // 8, w // 8, tile_h // 8, tile_w // 8, overlap // 8)
+    expected = region_grid(h // 8, w // 8, tile_h // 8, tile_w // 8, overlap // 8)
+    assert image_grid(h, w, tile_h, tile_w, overlap) == expected
 
 
 def test_crops_are_the_grid_boxes_in_pixels():
