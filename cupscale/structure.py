@@ -81,6 +81,11 @@ def reference_for_batch(reference: torch.Tensor, batch: int) -> torch.Tensor:
                      f"give LowFreqStructureGuide one reference latent, or one per image of the batch.")
 
 
+def upscale_factor(reference_hw: tuple[int, int], working_hw: tuple[int, int]) -> float:
+    """The reference-to-working scale s: the geometric mean of the two axes' factors."""
+    return math.sqrt(working_hw[0] * working_hw[1] / (reference_hw[0] * reference_hw[1]))
+
+
 def working_band(kind: str, amount: float, scale: float) -> float:
     """A low-pass amount given in reference-latent units, in working-latent units.
 

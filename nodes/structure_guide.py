@@ -7,15 +7,13 @@ checks the reference against the latent before the first (at 4K, minute-long) mo
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 import comfy.patcher_extension
 
 from ..cupscale.lowpass import lowpass
 from ..cupscale.structure import (DECAY_SHAPES, align_low_frequencies, reference_at, reference_for_batch,
-                                  schedule_progress, step_weight, working_band)
+                                  schedule_progress, step_weight, upscale_factor, working_band)
 
 
 class StructureGuide:
@@ -33,8 +31,7 @@ class StructureGuide:
         key = (tuple(like.shape), like.device, like.dtype)
         if self.cached is None or self.cached[0] != key:
             size = tuple(like.shape[-2:])
-            scale = math.sqrt(size[0] * size[1] / (self.reference.shape[-2] * self.reference.shape[-1]))
-            amount = working_band(self.kind, self.amount, scale)
+            amount = working_band(self.kind, self.amount, upscale_factor(tuple(self.reference.shape[-2:]), size))
             z_l = reference_at(self.reference, size).to(like)
             self.cached = (key, amount, reference_for_batch(lowpass(z_l, self.kind, amount), like.shape[0]))
         return self.cached[1], self.cached[2]
@@ -42,6 +39,7 @@ class StructureGuide:
     def __call__(self, args: dict) -> torch.Tensor:
         denoised = args["denoised"]
         sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
+        # Called outside a sampler run (no schedule), the evaluation counts as the first step.
         progress = 0.0 if sigmas is None else schedule_progress(sigmas, float(args["sigma"].max()))
         weight = step_weight(progress, self.strength, self.start, self.end, self.decay)
         if weight == 0:
@@ -113,6 +111,9 @@ class LowFreqStructureGuide:
             raise ValueError(f"start_percent = {start_percent}, end_percent = {end_percent}: the range must satisfy "
                              f"0 <= start_percent < end_percent <= 1 (set strength 0 to turn the guide off).")
         amount = sigma if lowpass == "gaussian" else cutoff
+        if amount <= 0:
+            raise ValueError(f"{'sigma' if lowpass == 'gaussian' else 'cutoff'} = {amount} must be positive for "
+                             f"lowpass = {lowpass} (set strength 0 to turn the guide off).")
         guide = StructureGuide(latent_format.process_in(samples.float()), strength, lowpass, amount,
                                start_percent, end_percent, decay)
         patched = model.clone()

@@ -220,9 +220,9 @@ def test_guide_acts_on_the_merged_tiles_in_either_chain_order(tiny, pack_node):
 
 def test_bad_references_are_named_and_the_input_model_is_never_mutated(tiny, pack_node):
     base = tiny.tiny_model("sd15")
-    before = base.model_options, copy.deepcopy(base.model_options)
+    before = base.model_options, copy.deepcopy(base.model_options), copy.deepcopy(base.wrappers)
     patched = guided(pack_node, base, reference_latent())
-    assert base.model_options == before[1] and base.model_options is before[0]
+    assert base.model_options is before[0] and base.model_options == before[1] and base.wrappers == before[2]
     assert len(patched.model_options["sampler_post_cfg_function"]) == 1
     for samples, message in [(torch.zeros(1, 16, REF, REF), "reference has 16 channels but the model's latents have 4"),
                              (torch.zeros(0, 4, REF, REF), "reference is empty"),
@@ -232,6 +232,10 @@ def test_bad_references_are_named_and_the_input_model_is_never_mutated(tiny, pac
             guided(pack_node, base, {"samples": samples})
     with pytest.raises(ValueError, match="start_percent = 0.6, end_percent = 0.4"):
         guided(pack_node, base, reference_latent(), start=0.6, end=0.4)
+    with pytest.raises(ValueError, match="strength = 1.5 must lie in"):
+        guided(pack_node, base, reference_latent(), strength=1.5)
+    with pytest.raises(ValueError, match="cutoff = 0.0 must be positive for lowpass = fft"):
+        pack_node("LowFreqStructureGuide").patch(base, reference_latent(), 1.0, "fft", 1.0, 0.0, 0.0, 1.0, "constant")
     # Found before the first model evaluation: the UNet must never run.
     calls = []
     base.set_model_unet_function_wrapper(lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))
