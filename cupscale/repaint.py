@@ -72,7 +72,7 @@ def forward_steps(path: list[int]) -> int:
     return sum(b - a for a, b in zip(path, path[1:]) if b > a)
 
 
-def renoise_ve(x: torch.Tensor, sigma_from, sigma_to, noise: torch.Tensor) -> torch.Tensor:
+def renoise_ve(x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Diffuse x from sigma_from up to sigma_to in the k-diffusion (variance-exploding)
     parametrisation x = x0 + sigma * eps: independent Gaussian increments add their variances, so
     x + sqrt(sigma_to^2 - sigma_from^2) * eps is exactly the forward process q(x_to | x_from) that
@@ -80,7 +80,7 @@ def renoise_ve(x: torch.Tensor, sigma_from, sigma_to, noise: torch.Tensor) -> to
     return x + (sigma_to ** 2 - sigma_from ** 2).clamp(min=0).sqrt() * noise
 
 
-def renoise_flow(x: torch.Tensor, sigma_from, sigma_to, noise: torch.Tensor) -> torch.Tensor:
+def renoise_flow(x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The same for rectified flow, x = (1 - sigma) x0 + sigma * eps (ComfyUI's CONST sampling):
     scale by c = (1 - sigma_to) / (1 - sigma_from), which takes the x0 part to the new level, then add
     the noise still missing, sqrt(sigma_to^2 - c^2 sigma_from^2) * eps."""

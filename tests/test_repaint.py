@@ -50,7 +50,7 @@ def test_schedule_is_repaints_time_schedule(steps, jump, resample):
 
 
 def test_runs_split_the_path_into_sampler_calls_and_jumps():
-    path = jump_schedule(6, 2, 2)  # [0, 1, 2, 3, 4, 5, 3, 4, 5, 6] after jumps at 3 and 5
+    path = jump_schedule(6, 2, 2)  # jump points at indices 3 and 5
     assert path == [0, 1, 2, 3, 1, 2, 3, 4, 5, 3, 4, 5, 6]
     assert monotone_runs(path) == [(0, 3), (3, 1), (1, 5), (5, 3), (3, 6)]
 
@@ -124,23 +124,29 @@ def test_walk_jumps_between_the_right_levels_with_fresh_noise():
 
 
 @pytest.mark.parametrize("jump,resample,match", [(0, 2, "jump_length = 0"), (1, 0, "resample_count = 0"),
-                                                 (4, 2, "jump_length = 4 must be smaller than the number of steps"),
-                                                 (9, 2, "jump_length = 9")])
+                                                 (4, 2, "jump_length = 4 must be smaller than the number of steps")])
 def test_bad_schedule_inputs_are_named(jump, resample, match):
     with pytest.raises(ValueError, match=match):
         jump_schedule(4, jump, resample)
 
 
+def test_a_sampler_that_resizes_the_latent_is_refused():
+    upscale = lambda model, x, sigmas, **kw: torch.nn.functional.interpolate(x, scale_factor=2)
+    with pytest.raises(ValueError, match="changed the latent from .* RePaint can only resample"):
+        sample_repaint(None, torch.zeros(1, 4, 8, 8), SIGMAS[:3], disable=True, path=jump_schedule(2, 1, 2),
+                       sample_run=upscale, renoise=renoise_ve)
+
+
 # --- the SAMPLER in the host -------------------------------------------------------------------
 
-def smooth_latent(h=32, w=32):
+def smooth_latent(h=16, w=16):
     yy, xx = torch.meshgrid(torch.linspace(0, 3.1, h), torch.linspace(0, 2.3, w), indexing="ij")
     return torch.stack([torch.sin(yy + c) * torch.cos(xx - c) for c in range(4)])[None]
 
 
-def box_mask(h=32, w=32):
+def box_mask(h=16, w=16):
     mask = torch.zeros(1, h, w)
-    mask[:, 8:22, 10:26] = 1
+    mask[:, 4:11, 5:13] = 1
     return mask
 
 
@@ -238,7 +244,7 @@ def test_noise_mask_keeps_the_source_outside(host, setup, flow):
 def test_tiled_blended_mask_keeps_the_source_outside(host, setup):
     model, pos, neg = setup
     mask = box_mask()
-    tiled = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().patch(model, 128, 128, 32, 4, mask=mask)[0]
+    tiled = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().patch(model, 64, 64, 16, 9, mask=mask)[0]
     source = smooth_latent()
     sampler, _ = repaint_sampler(host, "dpmpp_2m", jump=2, resample=3)
     out = sample_custom(host, tiled, pos, neg, sampler, sigmas_for(host, model, 6, 0.7), {"samples": source})
@@ -254,9 +260,9 @@ def test_tiled_blended_lowpass_background_keeps_its_low_frequencies(host, setup)
     source = smooth_latent()
     sampler, _ = repaint_sampler(host, "euler", jump=2, resample=3)
     sigmas = sigmas_for(host, model, 6, 0.7)
-    pinned = sample_custom(host, node.patch(model, 128, 128, 32, 4, mask=mask, background_lowpass=2.0)[0],
+    pinned = sample_custom(host, node.patch(model, 64, 64, 16, 9, mask=mask, background_lowpass=2.0)[0],
                            pos, neg, sampler, sigmas, {"samples": source})
-    free = sample_custom(host, node.patch(model, 128, 128, 32, 4)[0], pos, neg, sampler, sigmas, {"samples": source})
+    free = sample_custom(host, node.patch(model, 64, 64, 16, 9)[0], pos, neg, sampler, sigmas, {"samples": source})
     keep = mask[0] == 0
     low_error = lambda out: (gaussian_lowpass(out, 4.0) - gaussian_lowpass(source, 4.0))[..., keep].abs().mean()
     assert torch.isfinite(pinned).all()
@@ -281,13 +287,14 @@ def test_interrupt_stops_between_runs(host, setup):
 
 
 def test_bad_node_inputs_are_named(host, setup):
-    import comfy.model_sampling
     import comfy.samplers
     model, pos, neg = setup
     node = host.NODE_CLASS_MAPPINGS["RePaintSampler"]()
     euler = comfy.samplers.sampler_object("euler")
     with pytest.raises(ValueError, match="resample_count = 0"):
         node.wrap(euler, 1, 0)
+    with pytest.raises(ValueError, match="jump_length = 0"):
+        node.wrap(euler, 0, 2)
     with pytest.raises(ValueError, match="sampler: dpm_adaptive picks its own steps"):
         node.wrap(comfy.samplers.sampler_object("dpm_adaptive"), 1, 2)
     with pytest.raises(ValueError, match="sampler: RePaint wraps k-diffusion samplers"):
@@ -295,9 +302,34 @@ def test_bad_node_inputs_are_named(host, setup):
     with pytest.raises(ValueError, match="jump_length = 6 must be smaller than the number of steps being sampled"):
         sample_custom(host, model, pos, neg, node.wrap(euler, 6, 2)[0], sigmas_for(host, model, 6),
                       {"samples": smooth_latent()})
+    with pytest.raises(ValueError, match="sigmas: RePaint needs a descending schedule"):
+        sample_custom(host, model, pos, neg, node.wrap(euler, 1, 2)[0], torch.tensor([3.0, 1.0, 2.0, 0.0]),
+                      {"samples": smooth_latent()})
+
+
+def test_renoising_follows_the_model_parametrisation(host, setup):
+    import comfy.model_sampling
+    model = setup[0]
+    node_module = sys.modules[host.NODE_CLASS_MAPPINGS["RePaintSampler"].__module__]
+    flow = host.NODE_CLASS_MAPPINGS["ModelSamplingSD3"]().patch(model, 3.0)[0]
+    assert node_module.renoise_for(model.get_model_object("model_sampling")) is node_module.repaint.renoise_ve
+    assert node_module.renoise_for(flow.get_model_object("model_sampling")) is node_module.repaint.renoise_flow
     cosmos = type("CosmosLike", (comfy.model_sampling.COSMOS_RFLOW,), {})()
     with pytest.raises(ValueError, match="cannot re-noise for CosmosLike model sampling"):
-        sys.modules[type(node).__module__].renoise_for(cosmos)
+        node_module.renoise_for(cosmos)
+
+
+def test_samplercustomadvanced_with_a_noise_mask(host, setup):
+    model, pos, neg = setup
+    get = host.NODE_CLASS_MAPPINGS
+    source = smooth_latent()
+    latent = get["SetLatentNoiseMask"]().set_mask({"samples": source}, box_mask())[0]
+    guider = get["CFGGuider"]().get_guider(model, pos, neg, 4.0)[0]
+    sampler, _ = repaint_sampler(host, "dpmpp_2s_ancestral", jump=1, resample=2)
+    out = get["SamplerCustomAdvanced"]().sample(get["RandomNoise"]().get_noise(5)[0], guider, sampler,
+                                                sigmas_for(host, model, 4), latent)[0]["samples"]
+    outside, inside = outside_and_inside(out, source, box_mask())
+    assert outside <= 1e-5 and inside > 1e-2
 
 
 # --- through the host's executor ---------------------------------------------------------------
@@ -330,12 +362,12 @@ def test_samplercustom_prompt_with_repaint_keeps_the_unmasked_source(host):
         "1": {"class_type": "CupscaleTinyCheckpointLoader", "inputs": {"kind": "sd15", "seed": 0}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red door"}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "blurry"}},
-        "4": {"class_type": "EmptyImage", "inputs": {"width": 256, "height": 256, "batch_size": 1, "color": 0x5080b0}},
+        "4": {"class_type": "EmptyImage", "inputs": {"width": 128, "height": 128, "batch_size": 1, "color": 0x5080b0}},
         "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["4", 0], "vae": ["1", 2]}},
-        "6": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 256, "height": 256}},
-        "7": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 96, "height": 128}},
-        "8": {"class_type": "MaskComposite", "inputs": {"destination": ["6", 0], "source": ["7", 0], "x": 64,
-                                                        "y": 64, "operation": "add"}},
+        "6": {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 128, "height": 128}},
+        "7": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 48, "height": 64}},
+        "8": {"class_type": "MaskComposite", "inputs": {"destination": ["6", 0], "source": ["7", 0], "x": 32,
+                                                        "y": 32, "operation": "add"}},
         "9": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": ["5", 0], "mask": ["8", 0]}},
         "10": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
         "11": {"class_type": "RePaintSampler", "inputs": {"sampler": ["10", 0], "jump_length": 2, "resample_count": 3}},
@@ -354,9 +386,9 @@ def test_samplercustom_prompt_with_repaint_keeps_the_unmasked_source(host):
         run_prompt(prompt)
     finally:
         comfy.utils.set_progress_bar_global_hook(hook)
-    latent_mask = torch.zeros(1, 32, 32)
-    latent_mask[:, 8:24, 8:20] = 1
+    latent_mask = torch.zeros(1, 16, 16)
+    latent_mask[:, 4:12, 4:10] = 1
     outside, inside = outside_and_inside(CAPTURED["samples"], CAPTURED["source"], latent_mask)
     assert outside <= 1e-5 and inside > 1e-2
     total = forward_steps(jump_schedule(6, 2, 3))
-    print(progress, total)
+    assert progress == [(i, total) for i in range(1, total + 1)]
