@@ -20,15 +20,6 @@ from harness.comfy_host import PromptError, run_prompt
 H, W, TILE, OVERLAP = 112, 144, 64, 16  # a 2x3 grid of regions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a busy machine their spin-waits cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def llm_dir(host, tmp_path_factory):
     """A models/LLM folder holding tiny LLaVA-, Qwen2-VL- and Idefics3-like VLMs and a text-only model."""
@@ -117,8 +108,12 @@ def test_local_llava_runs_in_a_graph_and_gives_one_prompt_per_region(llm_dir, ho
     assert_structure(prompts)
     assert prompts.grid == host_tile_grid(host, H, W, TILE, OVERLAP)
     assert prompts.high_level and prompts.low_level  # the tiny LLaVA with this seed does answer
-    assert "tiny-llava" in {p.split("/")[-1] for p in host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"]
-                            .INPUT_TYPES()["required"]["local_model"][0]}
+
+
+def test_model_folders_in_models_llm_are_the_choices(llm_dir, host):
+    choices = host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"].INPUT_TYPES()["required"]["local_model"][0]
+    assert {"tiny-llava", "org/tiny-qwen2-vl", "tiny-idefics3", "tiny-llama"} <= set(choices)
+    assert "weights-only" not in choices and "org" not in choices
 
 
 def host_tile_grid(host, h, w, tile, overlap):
@@ -152,10 +147,11 @@ def test_second_identical_run_asks_nothing_and_a_new_instruction_asks_again(llm_
     assert calls == [6, 6]
 
 
-def test_offload_keeps_the_model_on_the_cpu_for_the_next_run(llm_dir, captioner, backends):
+def test_offload_keeps_the_model_on_the_cpu_for_the_next_run(llm_dir, captioner, backends, monkeypatch):
     captioner(after_use="offload to CPU")
     (key, (processor, model)), = backends._parked.items()
     assert key[0].endswith("tiny-llava") and next(model.parameters()).device.type == "cpu"
+    monkeypatch.setattr(backends, "vlm_config", lambda *a, **k: pytest.fail("read the model from disk again"))
     captioner(image=noise_image(1))
     assert not backends._parked
 
