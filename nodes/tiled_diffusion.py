@@ -76,7 +76,9 @@ class TiledRun:
         if self.progress is None or sigmas is None or sigma is None:
             return
         step = int((sigmas[:-1] > sigma.max() * (1 + 1e-4)).sum())
-        self.progress.update_absolute(step * self.tiles + round(done * self.tiles / total), self.steps * self.tiles)
+        value = step * self.tiles + round(done * self.tiles / total)
+        # Never backwards: a resampler (RePaint) revisits noise levels it has passed.
+        self.progress.update_absolute(max(value, self.progress.current), self.steps * self.tiles)
 
 
 class TiledDiffusion:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -15,6 +16,10 @@ from harness import comfy_host  # noqa: E402
 
 # pytest imports the pack's own __init__.py (the repo root is a package), which needs the host.
 comfy_host.prepare()
+
+# The tiny test models gain nothing from intra-op threads, and where the cores are shared their
+# spin-waits cost up to 10x: one thread for the whole suite.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,133 @@
+"""TiledBlendedDiffusion on the tiny SD1.5-shaped model, CPU: evaluations, overhead, batching, memory.
+
+    .venv/bin/python bench/tiled_diffusion.py
+
+Prints one table per question of issue #2. "In model" is the time inside the UNet's forward
+(a DIFFUSION_MODEL wrapper times it); everything else in a sampling run is overhead: ComfyUI's
+sampler plus the pack's tile slicing, conditioning repeats and feathered merging.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STEPS = 6
+TILE_PX, OVERLAP_PX = 256, 64
+
+
+def setup():
+    from harness import comfy_host
+    comfy_host.boot()
+    import comfy.patcher_extension
+    import nodes
+    from harness import tiny_models
+    return comfy.patcher_extension, nodes.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"](), tiny_models
+
+
+class ModelClock:
+    """Counts UNet forwards, the batch items they carry, and the seconds spent inside them."""
+
+    def __init__(self):
+        self.calls = self.items = 0
+        self.seconds = 0.0
+
+    def __call__(self, executor, x, *args, **kwargs):
+        start = time.perf_counter()
+        out = executor(x, *args, **kwargs)
+        self.seconds += time.perf_counter() - start
+        self.calls += 1
+        self.items += x.shape[0]
+        return out
+
+
+def run(model, size, tiled_node, patcher_extension, tiny, per_batch=None):
+    import comfy.sample
+    import torch
+    clock = ModelClock()
+    m = model.clone()
+    m.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench", clock)
+    if per_batch:
+        m = tiled_node.patch(m, TILE_PX, TILE_PX, OVERLAP_PX, per_batch)[0]
+    latent = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(0))
+    noise = comfy.sample.prepare_noise(latent, 1)
+    start = time.perf_counter()
+    comfy.sample.sample(m, noise, STEPS, 5.0, "euler", "normal", tiny.conditioning("sd15", 1),
+                        tiny.conditioning("sd15", 2), latent, denoise=0.6, seed=1, disable_pbar=True)
+    return time.perf_counter() - start, clock
+
+
+def table(title, header, rows):
+    print(f"\n{title}")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c) for c in r) + " |")
+
+
+def memory_child(size: int) -> None:
+    """Run one sampling at ``size``; print the peak RSS over the RSS just before it (MiB)."""
+    import psutil
+    ext, node, tiny = setup()
+    model = tiny.tiny_model("sd15")
+    run(model, 32, node, ext, tiny, per_batch=4)  # warm up allocator and caches
+    proc, peak, done = psutil.Process(), [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.002)
+    base = proc.memory_info().rss
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    run(model, size, node, ext, tiny, per_batch=4)
+    done.set()
+    watcher.join()
+    print(json.dumps({"peak_mib": (peak[0] - base) / 2 ** 20}))
+
+
+def main():
+    from cupscale.grid import region_grid
+    ext, node, tiny = setup()
+    model = tiny.tiny_model("sd15")
+    run(model, 64, node, ext, tiny, per_batch=4)  # warm-up
+
+    rows = []
+    for size in (64, 128):
+        tiles = len(region_grid(size, size, TILE_PX // 8, TILE_PX // 8, OVERLAP_PX // 8))
+        for per_batch in (1, 4):
+            total, clock = run(model, size, node, ext, tiny, per_batch=per_batch)
+            minimum = math.ceil(tiles / per_batch) * STEPS  # cond+uncond share one batch
+            rows.append([f"{size}²", tiles, per_batch, clock.calls, minimum, clock.items, tiles * STEPS * 2,
+                         f"{total:.2f}", f"{clock.seconds:.2f}", f"{total / clock.seconds:.3f}",
+                         f"{100 * (total - clock.seconds) / total:.1f}%"])
+        total, clock = run(model, size, node, ext, tiny)
+        rows.append([f"{size}² untiled", 1, "-", clock.calls, STEPS, clock.items, STEPS * 2, f"{total:.2f}",
+                     f"{clock.seconds:.2f}", f"{total / clock.seconds:.3f}",
+                     f"{100 * (total - clock.seconds) / total:.1f}%"])
+    table(f"Evaluations and time ({STEPS} euler steps, CFG, tile {TILE_PX}px overlap {OVERLAP_PX}px)",
+          ["latent", "tiles", "tiles/batch", "UNet calls", "minimum calls", "tile items", "tiles×steps×2",
+           "sampling s", "in model s", "sampling/model", "outside model"], rows)
+
+    rows = []
+    for size in (64, 128, 256):
+        out = subprocess.run([sys.executable, __file__, "--memory", str(size)], capture_output=True, text=True)
+        peak = json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+        latent_mib = 4 * size * size * 4 / 2 ** 20
+        rows.append([f"{size}²", f"{latent_mib:.2f}", f"{peak:.0f}"])
+    table("Peak memory during sampling over the RSS before it (sampled every 2 ms; tiles/batch 4)",
+          ["latent", "one latent buffer MiB", "peak growth MiB"], rows)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory":
+        memory_child(int(sys.argv[2]))
+    else:
+        main()
