@@ -18,7 +18,7 @@ from ..cupscale import captioning
 from ..cupscale.captioning import CACHE, MODES, Captioner, CaptionRequest, Instructions, caption_image, image_grid
 from ..cupscale.mllm_backends import DTYPES, LocalVLM, OpenAIEndpoint
 from ..cupscale.region_prompts import TYPE_NAME, from_json, to_json
-from .tiled_diffusion import check_tiling_inputs
+from .tiled_diffusion import check_tiling_inputs, tile_inputs
 
 LLM_FOLDER = "LLM"
 NO_MODEL = "(no model folder in models/LLM)"
@@ -100,12 +100,7 @@ class MLLMRegionCaptioner:
                                                        "one, is read from $CUPSCALE_MLLM_API_KEY."}),
                 "endpoint_model": ("STRING", {"default": "", "tooltip": "The model name the server serves "
                                                                         "(e.g. qwen2.5vl:7b)."}),
-                "tile_width": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8,
-                                       "tooltip": "Region width in pixels: the same as TiledBlendedDiffusion's."}),
-                "tile_height": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8,
-                                        "tooltip": "Region height in pixels: the same as TiledBlendedDiffusion's."}),
-                "overlap": ("INT", {"default": 128, "min": 0, "max": 8192, "step": 8,
-                                    "tooltip": "Region overlap in pixels: the same as TiledBlendedDiffusion's."}),
+                **tile_inputs("Region", "the same as TiledBlendedDiffusion's tiles"),
                 "region_prompts": (list(MODES), {"tooltip": "What each region's prompt says."}),
                 "xpsr_descriptions": ("BOOLEAN", {"default": False,
                                                   "tooltip": "Also write XPSR's high-level (content) and low-level "

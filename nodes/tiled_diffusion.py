@@ -46,6 +46,17 @@ def check_tiling_inputs(tile_width: int, tile_height: int, overlap: int, tiles_p
         raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be at least 1.")
 
 
+def tile_inputs(what: str, note: str) -> dict:
+    """The tile_width / tile_height / overlap inputs of every node that lays out the region grid."""
+    size = {"default": 1024, "min": 64, "max": 16384, "step": 8}
+    return {
+        "tile_width": ("INT", {**size, "tooltip": f"{what} width in pixels, a multiple of 8: {note}."}),
+        "tile_height": ("INT", {**size, "tooltip": f"{what} height in pixels, a multiple of 8."}),
+        "overlap": ("INT", {"default": 128, "min": 0, "max": 8192, "step": 8,
+                            "tooltip": f"Pixels shared by neighbouring {what.lower()}s."}),
+    }
+
+
 def mask_to_latent(mask: torch.Tensor, latent_hw: tuple[int, int], ratio: int) -> torch.Tensor:
     """A MASK of the image's size (or the latent's) as ``(batch, 1, h, w)`` at latent resolution."""
     h, w = latent_hw
@@ -194,12 +205,7 @@ class TiledBlendedDiffusion:
         return {
             "required": {
                 "model": ("MODEL",),
-                "tile_width": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8,
-                                       "tooltip": "Tile width in pixels (a multiple of 8): the model's native size."}),
-                "tile_height": ("INT", {"default": 1024, "min": 64, "max": 16384, "step": 8,
-                                        "tooltip": "Tile height in pixels (a multiple of 8)."}),
-                "overlap": ("INT", {"default": 128, "min": 0, "max": 8192, "step": 8,
-                                    "tooltip": "Pixels shared by neighbouring tiles; they cross-fade there."}),
+                **tile_inputs("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
                 "tiles_per_batch": ("INT", {"default": 4, "min": 1, "max": 256,
                                             "tooltip": "Tiles evaluated together in one model call."}),
             },
