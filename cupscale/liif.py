@@ -42,14 +42,15 @@ MAX_OUTPUT_SIDE = 16384  # same bound as ComfyUI's MAX_RESOLUTION
 
 
 class MLP(nn.Module):
-    """f_theta: Linear-ReLU layers, laid out as LIIF's ``imnet.layers.N`` keys."""
+    """f_theta: Linear-ReLU layers, laid out as LIIF's ``imnet.layers.N`` keys. The ReLUs work in
+    place (a Linear's backward needs its input, not its output), one activation less per chunk."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: list[int]):
         super().__init__()
         layers: list[nn.Module] = []
         last = in_dim
         for width in hidden:
-            layers += [nn.Linear(last, width), nn.ReLU()]
+            layers += [nn.Linear(last, width), nn.ReLU(inplace=True)]
             last = width
         layers.append(nn.Linear(last, out_dim))
         self.layers = nn.Sequential(*layers)
@@ -134,8 +135,6 @@ class LIIFHead(nn.Module):
         zero padding is the unfolding's own zero padding at the border of the map.
         """
         first = self.imnet.layers[0]
-        if feat.shape[1] != self.feat_dim:
-            raise ValueError(f"feature map has {feat.shape[1]} channels, the LIIF head expects {self.feat_dim}")
         k = 3 if self.feat_unfold else 1
         weight = first.weight[:, :self.code_dim].reshape(first.out_features, self.feat_dim, k, k)
         return F.conv2d(feat, weight, padding=k // 2).permute(0, 2, 3, 1)
@@ -145,8 +144,10 @@ class LIIFHead(nn.Module):
         """Colours at positions ``(uy, ux)`` (broadcastable; code-index units of the full grid).
 
         ``proj`` holds :meth:`project` for the codes from ``origin`` on, a window of the full
-        ``grid``; ``cell`` is the output pixel's size in code units. Returns
-        ``(B, *broadcast(uy, ux).shape, out_dim)``.
+        ``grid``; ``cell`` is the output pixel's size in code units. The positions may stay on the
+        CPU in float64: only the codes' indices, offsets and weights move to ``proj``'s device.
+        Returns ``(B, *broadcast(uy, ux).shape, out_dim)``: a grid of rows x columns for rendering,
+        a list of sampled points for training.
         """
         first = self.imnet.layers[0]
         w_offset = first.weight[:, self.code_dim:self.code_dim + 2]
@@ -156,14 +157,16 @@ class LIIFHead(nn.Module):
         bias = first.bias
         if self.cell_decode:
             bias = bias + first.weight[:, self.code_dim + 2:] @ proj.new_tensor([2 * cell[0], 2 * cell[1]])
-        like = dict(device=proj.device, dtype=proj.dtype)
+        def like_proj(t: torch.Tensor) -> torch.Tensor:  # cast first: float64 may not exist on the device
+            return t.to(proj.dtype).to(proj.device).unsqueeze(-1)
+
         rgb = None
         for (y, x), weight in zip([(y, x) for y in ys for x in xs], weights):
             code = proj[:, (y.index - origin[0]).to(proj.device), (x.index - origin[1]).to(proj.device)]
-            offset = (y.offset.to(**like).unsqueeze(-1) * w_offset[:, 0]
-                      + x.offset.to(**like).unsqueeze(-1) * w_offset[:, 1])
-            pred = self.imnet.layers[1:](code + offset + bias) * weight.to(**like).unsqueeze(-1)
-            rgb = pred if rgb is None else rgb + pred
+            offset = like_proj(y.offset) * w_offset[:, 0]
+            offset = (offset + like_proj(x.offset) * w_offset[:, 1]).add_(bias)
+            pred = self.imnet.layers[1:](code.add_(offset)) * like_proj(weight)
+            rgb = pred if rgb is None else rgb.add_(pred)
         return rgb
 
 
@@ -219,13 +222,14 @@ ProgressFn = Callable[[int, int], None]
 
 
 def render(model: ImplicitImageFunction, x: torch.Tensor, out_hw: tuple[int, int], tile: int = 192,
-           max_points: int = 65536, max_margin: int = 64, on_progress: ProgressFn | None = None,
+           max_points: int = 32768, max_margin: int = 64, on_progress: ProgressFn | None = None,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """Query ``model`` on ``x`` (``B, C, h, w``) at every pixel of an ``out_hw`` image.
 
     Returns ``(B, H, W, out_dim)`` (channels last, as ComfyUI's IMAGE), written into ``out`` when
     given (e.g. a CPU buffer while the model runs on a GPU). Tiles read ``tile`` x ``tile`` codes;
-    each chunk of queries holds at most ``max_points`` points per image. A local extractor runs per
+    a chunk of queries holds at most ``max_points`` points (over the batch; at least one output
+    row per chunk). A local extractor runs per
     tile on a crop with a margin of its receptive radius (at most ``max_margin``), so the result
     equals an untiled run whenever the radius is within ``max_margin``. ``on_progress(done, total)``
     is called after every chunk; it may raise to interrupt.
@@ -260,7 +264,7 @@ def render(model: ImplicitImageFunction, x: torch.Tensor, out_hw: tuple[int, int
     return out
 
 
-def working_bytes(model: ImplicitImageFunction, x: torch.Tensor, tile: int, max_points: int = 65536) -> int:
+def working_bytes(model: ImplicitImageFunction, x: torch.Tensor, tile: int, max_points: int = 32768) -> int:
     """A rough peak of :func:`render` beside its output, for the host's memory manager: the
     features (whole map for a global extractor, else a crop), one tile's projected codes, and
     about six hidden-width activations per point of a chunk."""

@@ -74,13 +74,13 @@ def guess_kind(sd: dict) -> str:
     if has(HEAD_KEY):
         return "an implicit latent decoder (seed 003 first stage)"
     if has("imnet.layers."):
-        return "a LIIF state dict without its {'model': {'name', 'args', 'sd'}} wrapper"
+        return "the weights of a LIIF pixel upscaler (imnet.layers.*)"
+    if has("diffusion_model.") or has("input_blocks."):
+        return "a diffusion model checkpoint"
     if has("decoder.conv_out.") or has("post_quant_conv.") or has("decoder.up.", "upsample."):
         return "a plain VAE"
     if has("conv_first.") or has("RRDB_trunk.") or has("model.0.weight") or has("body.", ".rdb"):
         return "an ESRGAN-style upscale model"
-    if has("diffusion_model.") or has("input_blocks."):
-        return "a diffusion model checkpoint"
     return f"an unknown model (first keys: {', '.join(keys[:3]) or 'none'})"
 
 

@@ -1,5 +1,5 @@
 """train/train_implicit_decoder.py on the CPU: a tiny VAE (ComfyUI's own classes) as the frozen
-encoder, its decoder's shape for the trunk, 8 synthetic images, 50 steps."""
+encoder, its decoder's shape for the trunk, 8 synthetic images, 50 steps of 64x64 crops."""
 from dataclasses import replace
 
 import numpy as np
@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from train.train_implicit_decoder import TrainConfig, load_images, train
 
 
-def synthetic_images(folder, count: int = 8, size: int = 48) -> None:
+def synthetic_images(folder, count: int = 8, size: int = 72) -> None:
     """Smooth colour gradients with a soft wave: easy to learn, different per image."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1)
@@ -30,7 +30,7 @@ def setup(host, tiny, tmp_path_factory):
     synthetic_images(root / "images")
     folder_paths.add_model_folder_path("implicit_decoders", str(root / "implicit_decoders"))
     config = TrainConfig(images=str(root / "images"), out=str(root / "implicit_decoders" / "tiny.safetensors"),
-                         latent="tiny-sd15", steps=50, batch_size=4, crop=32, sample_q=256, lr=2e-3,
+                         latent="tiny-sd15", steps=50, batch_size=4, crop=64, sample_q=256, lr=2e-3,
                          hidden=(32, 32), save_every=25)
     vae = tiny.tiny_vae(0)
     return root, config, vae, train(config, vae, progress=False)
@@ -47,11 +47,11 @@ def test_saved_decoder_loads_in_the_node_and_decodes_to_333x517(setup, pack_node
     root, config, vae, _ = setup
     decoder = pack_node("ImplicitDecoderLoader").load("tiny.safetensors")[0]
     assert decoder.info.latent == "tiny-sd15" and decoder.info.hidden == (32, 32)
-    pixels = load_images(config.images, config.crop)[0][None, :32, :32].float() / 255
+    pixels = load_images(config.images, config.crop)[0][None, :64, :64].float() / 255
     latent = {"samples": vae.encode(pixels)}
     out = pack_node("ImplicitLatentDecode").decode(decoder, latent, 517, 333, 128)[0]
     assert out.shape == (1, 333, 517, 3) and out.std() > 0.01
-    same_size = pack_node("ImplicitLatentDecode").decode(decoder, latent, 32, 32, 128)[0]
+    same_size = pack_node("ImplicitLatentDecode").decode(decoder, latent, 64, 64, 128)[0]
     assert (same_size - pixels).abs().mean() < 0.25  # it decodes an image it was trained on, roughly
 
 
