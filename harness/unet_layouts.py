@@ -1,0 +1,30 @@
+"""The real SD1.5 and SDXL UNet layouts, built on the meta device: shapes without weights or memory.
+
+For figures and checks that depend on where the cross-attention layers are and how wide they are (e.g. the
+memory of the Regional Attention Prior's maps at 1024²), not on any weight. The configs are the published
+architectures (as ComfyUI detects them from the checkpoints' keys).
+"""
+from __future__ import annotations
+
+import comfy.ops
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+COMMON = {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320,
+          "use_spatial_transformer": True, "legacy": False, "use_temporal_attention": False,
+          "use_temporal_resblock": False}
+
+REAL_UNETS = {
+    "SD1.5": {**COMMON, "adm_in_channels": None, "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+              "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+              "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_linear_in_transformer": False,
+              "context_dim": 768, "num_heads": 8},
+    "SDXL": {**COMMON, "num_classes": "sequential", "adm_in_channels": 2816, "num_res_blocks": [2, 2, 2],
+             "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 10,
+             "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "use_linear_in_transformer": True,
+             "context_dim": 2048, "num_head_channels": 64},
+}
+
+
+def meta_unet(name: str) -> UNetModel:
+    """The UNet of ``name`` (a key of REAL_UNETS) with every parameter on the meta device."""
+    return UNetModel(**REAL_UNETS[name], device="meta", operations=comfy.ops.disable_weight_init)
