@@ -1,5 +1,8 @@
-"""A node the tests and the main job's --tiny-models put in place of CheckpointLoaderSimple."""
+"""Nodes the harness adds to the host: a tiny checkpoint loader (tests, --tiny-models) and a capture
+node that keeps a prompt's intermediate values for the tests to read."""
 from __future__ import annotations
+
+from comfy.comfy_types import IO
 
 from harness import tiny_models
 
@@ -19,4 +22,24 @@ class TinyCheckpointLoader:
         return tiny_models.tiny_model(kind, seed), tiny_models.tiny_clip(seed), tiny_models.tiny_vae(seed)
 
 
-NODE_CLASS_MAPPINGS = {"CupscaleTinyCheckpointLoader": TinyCheckpointLoader}
+CAPTURED: dict[str, object] = {}
+
+
+class Capture:
+    """Output node: keeps whatever it is given (an IMAGE, a LATENT, ...) in CAPTURED[key]."""
+
+    CATEGORY = "cupscale/testing"
+    FUNCTION = "capture"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": (IO.ANY,), "key": ("STRING", {"default": "value"})}}
+
+    def capture(self, value, key):
+        CAPTURED[key] = value
+        return {}
+
+
+NODE_CLASS_MAPPINGS = {"CupscaleTinyCheckpointLoader": TinyCheckpointLoader, "CupscaleCapture": Capture}

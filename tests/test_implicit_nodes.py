@@ -9,26 +9,7 @@ import tiny_liif
 from cupscale import liif
 from cupscale.liif_checkpoints import load_implicit_decoder, load_liif
 from harness.comfy_host import run_prompt
-
-CAPTURED: dict[str, torch.Tensor] = {}
-
-
-class CaptureImage:
-    """Test-only output node: keeps the IMAGE it is given."""
-
-    CATEGORY = "testing"
-    FUNCTION = "capture"
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"image": ("IMAGE",), "key": ("STRING", {"default": ""})}}
-
-    def capture(self, image, key):
-        CAPTURED[key] = image
-        return {}
-
+from harness.test_nodes import CAPTURED
 
 @pytest.fixture(scope="module")
 def models(host, tmp_path_factory):
@@ -42,7 +23,6 @@ def models(host, tmp_path_factory):
     torch.save({"conv_first.weight": torch.zeros(8, 3, 3, 3)}, root / "liif" / "RealESRGAN_x2.pth")
     for name in ("liif", "implicit_decoders"):
         folder_paths.add_model_folder_path(name, str(root / name))
-    host.NODE_CLASS_MAPPINGS["CupscaleTestCaptureImage"] = CaptureImage
     return root
 
 
@@ -73,7 +53,7 @@ def test_prompt_upscales_a_loaded_image_by_2_5(models, input_image):
         "2": {"class_type": "ImplicitUpscaleModelLoader", "inputs": {"model_name": "tiny-edsr-liif.pth"}},
         "3": {"class_type": "ImplicitUpscale", "inputs": {"implicit_model": ["2", 0], "image": ["1", 0],
                                                           "scale_by": 2.5, "width": 0, "height": 0, "tile_size": 16}},
-        "4": {"class_type": "CupscaleTestCaptureImage", "inputs": {"image": ["3", 0], "key": "upscaled"}},
+        "4": {"class_type": "CupscaleCapture", "inputs": {"value": ["3", 0], "key": "upscaled"}},
     }
     run_prompt(prompt)
     out = CAPTURED["upscaled"]
@@ -94,7 +74,7 @@ def test_prompt_decodes_a_vae_latent_to_any_size(models, input_image, tiny):
         "4": {"class_type": "ImplicitDecoderLoader", "inputs": {"decoder_name": "tiny-first-stage.ckpt"}},
         "5": {"class_type": "ImplicitLatentDecode", "inputs": {"decoder": ["4", 0], "samples": ["3", 0],
                                                                "width": 131, "height": 75, "tile_size": 8}},
-        "6": {"class_type": "CupscaleTestCaptureImage", "inputs": {"image": ["5", 0], "key": "decoded"}},
+        "6": {"class_type": "CupscaleCapture", "inputs": {"value": ["5", 0], "key": "decoded"}},
     }
     run_prompt(prompt)
     out = CAPTURED["decoded"]

@@ -334,30 +334,10 @@ def test_samplercustomadvanced_with_a_noise_mask(host, setup):
 
 # --- through the host's executor ---------------------------------------------------------------
 
-CAPTURED: dict[str, torch.Tensor] = {}
-
-
-class CaptureLatents:
-    """Test output node: keeps the sampled and the source latent for the assertions."""
-
-    CATEGORY = "cupscale/testing"
-    FUNCTION = "capture"
-    OUTPUT_NODE = True
-    RETURN_TYPES = ()
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"samples": ("LATENT",), "source": ("LATENT",)}}
-
-    def capture(self, samples, source):
-        CAPTURED.update(samples=samples["samples"].clone(), source=source["samples"].clone())
-        return {}
-
-
 def test_samplercustom_prompt_with_repaint_keeps_the_unmasked_source(host):
     import comfy.utils
     from harness.comfy_host import run_prompt
-    host.NODE_CLASS_MAPPINGS.setdefault("CupscaleTestCaptureLatents", CaptureLatents)
+    from harness.test_nodes import CAPTURED
     prompt = {
         "1": {"class_type": "CupscaleTinyCheckpointLoader", "inputs": {"kind": "sd15", "seed": 0}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red door"}},
@@ -377,7 +357,8 @@ def test_samplercustom_prompt_with_repaint_keeps_the_unmasked_source(host):
                                                          "cfg": 4.0, "positive": ["2", 0], "negative": ["3", 0],
                                                          "sampler": ["11", 0], "sigmas": ["12", 0],
                                                          "latent_image": ["9", 0]}},
-        "14": {"class_type": "CupscaleTestCaptureLatents", "inputs": {"samples": ["13", 0], "source": ["5", 0]}},
+        "14": {"class_type": "CupscaleCapture", "inputs": {"value": ["13", 0], "key": "samples"}},
+        "15": {"class_type": "CupscaleCapture", "inputs": {"value": ["5", 0], "key": "source"}},
     }
     progress = []
     hook = comfy.utils.PROGRESS_BAR_HOOK
@@ -388,7 +369,7 @@ def test_samplercustom_prompt_with_repaint_keeps_the_unmasked_source(host):
         comfy.utils.set_progress_bar_global_hook(hook)
     latent_mask = torch.zeros(1, 16, 16)
     latent_mask[:, 4:12, 4:10] = 1
-    outside, inside = outside_and_inside(CAPTURED["samples"], CAPTURED["source"], latent_mask)
+    outside, inside = outside_and_inside(CAPTURED["samples"]["samples"], CAPTURED["source"]["samples"], latent_mask)
     assert outside <= 1e-5 and inside > 1e-2
     total = forward_steps(jump_schedule(6, 2, 3))
     assert progress == [(i, total) for i in range(1, total + 1)]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from cupscale.sfa import SemanticFusionAttention, TransformerSpec
 from harness.comfy_host import PromptError, run_prompt
+from harness.test_nodes import CAPTURED
 
 CONTEXT = 64  # the tiny CLIP's width
 HEADS = 2
@@ -445,26 +446,6 @@ def test_apply_refuses_an_sdxl_model_and_an_rgba_image(host, tiny, xpsr):
         xpsr(tiny.tiny_model("sd15"), pos, neg, [[torch.zeros(1, 77, 32), {}]], lr_image(64, 64))
 
 
-CAPTURED: dict = {}
-
-
-class CaptureLatent:
-    """Test-only output node: keeps the LATENT it is given."""
-
-    CATEGORY = "testing"
-    FUNCTION = "capture"
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"samples": ("LATENT",)}}
-
-    def capture(self, samples):
-        CAPTURED["latent"] = samples["samples"]
-        return {}
-
-
 def xpsr_prompt(controlnet: str, unet: str) -> dict:
     """The graph a user builds: XPSR's defaults (ddpm, ddim_uniform, CFG 5.5) at a tiny size."""
     text = lambda t: {"class_type": "CLIPTextEncode", "inputs": {"clip": ["ckpt", 1], "text": t}}  # noqa: E731
@@ -485,15 +466,15 @@ def xpsr_prompt(controlnet: str, unet: str) -> dict:
         "sample": {"class_type": "KSampler", "inputs": {
             "model": ["apply", 0], "positive": ["apply", 1], "negative": ["apply", 2], "latent_image": ["latent", 0],
             "seed": 1, "steps": 2, "cfg": 5.5, "sampler_name": "ddpm", "scheduler": "ddim_uniform", "denoise": 1.0}},
-        "out": {"class_type": "CupscaleTestCaptureLatent", "inputs": {"samples": ["sample", 0]}},
+        "out": {"class_type": "CupscaleCapture", "inputs": {"value": ["sample", 0], "key": "latent"}},
     }
 
 
 def test_a_bad_file_fails_its_prompt_and_the_host_runs_the_next(host, xpsr_dir):
-    host.NODE_CLASS_MAPPINGS["CupscaleTestCaptureLatent"] = CaptureLatent
     with pytest.raises(PromptError, match=r"SFAControlNetLoader.*plain_controlnet.bin is a standard SD ControlNet"):
         run_prompt(xpsr_prompt("plain_controlnet.bin", "xpsr_unet.safetensors"))
     CAPTURED.clear()
     run_prompt(xpsr_prompt("ckpt-st/controlnet/diffusion_pytorch_model.safetensors",
                            "ckpt-st/unet/diffusion_pytorch_model.safetensors"))
-    assert CAPTURED["latent"].shape == (1, 4, 16, 16) and torch.isfinite(CAPTURED["latent"]).all()
+    latent = CAPTURED["latent"]["samples"]
+    assert latent.shape == (1, 4, 16, 16) and torch.isfinite(latent).all()

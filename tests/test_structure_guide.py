@@ -268,38 +268,22 @@ def structure_prompt(strength: float) -> dict:
                "inputs": {"model": ["7", 0], "seed": 3, "steps": 3, "cfg": 2.0, "sampler_name": "euler",
                           "scheduler": "normal", "positive": ["8", 0], "negative": ["9", 0],
                           "latent_image": ["6", 0], "denoise": 0.6}},
-        "11": {"class_type": "CupscaleTestLatentSink", "inputs": {"sampled": ["10", 0], "reference": ["5", 0]}},
+        "11": {"class_type": "CupscaleCapture", "inputs": {"value": ["10", 0], "key": "sampled"}},
+        "12": {"class_type": "CupscaleCapture", "inputs": {"value": ["5", 0], "key": "reference"}},
     }
 
 
-class LatentSink:
-    """An output node that keeps the latents it is given: the prompt's result, read by the test."""
-
-    OUTPUT_NODE = True
-    FUNCTION = "keep"
-    RETURN_TYPES = ()
-    CATEGORY = "cupscale/testing"
-    kept: list = []
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"sampled": ("LATENT",), "reference": ("LATENT",)}}
-
-    def keep(self, sampled, reference):
-        self.kept.append((sampled["samples"], reference["samples"]))
-        return {}
-
-
-def test_graph_output_keeps_the_reference_low_band_through_the_host_executor(host, monkeypatch):
+def test_graph_output_keeps_the_reference_low_band_through_the_host_executor(host):
     """Euler's last step returns the last denoised estimate, so the sampled latent itself carries LP(z_L)."""
     import execution
     from harness import comfy_host
-    monkeypatch.setitem(host.NODE_CLASS_MAPPINGS, "CupscaleTestLatentSink", LatentSink)
-    monkeypatch.setattr(LatentSink, "kept", [])
+    from harness.test_nodes import CAPTURED
     executor = execution.PromptExecutor(comfy_host.CapturingServer())  # shared: the second run reuses the encode
+    kept = []
     for strength in (1.0, 0.0):
         comfy_host.run_prompt(structure_prompt(strength), executor)
-    (out, reference), (unguided, _) = LatentSink.kept
+        kept.append((CAPTURED["sampled"]["samples"], CAPTURED["reference"]["samples"]))
+    (out, reference), (unguided, _) = kept
     assert out.shape[-2:] == (25, 25) and reference.shape[-2:] == (10, 10)
     cutoff = working_band("fft", 0.5, 2.5)
     target = fft_lowpass(reference_at(reference, (25, 25)), cutoff)
