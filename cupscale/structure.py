@@ -44,8 +44,9 @@ def align_low_frequencies(denoised: torch.Tensor, reference_low: torch.Tensor, w
     return high + torch.lerp(low, reference_low.to(low.dtype), weight)
 
 
-def check_same_aspect(reference_hw: tuple[int, int], working_hw: tuple[int, int]) -> None:
-    """Refuse a reference of another aspect ratio: stretching it would distort the structure.
+def check_same_aspect(reference_hw: tuple[int, int], working_hw: tuple[int, int],
+                      input_name: str = "reference", node: str = "LowFreqStructureGuide") -> None:
+    """Refuse a low-res latent of another aspect ratio: stretching it would distort the structure.
 
     One latent cell of rounding per side is allowed (sizes are rounded to whole cells at every
     stage of an upscale), i.e. |H·w − W·h| ≤ H + W + h + w.
@@ -53,8 +54,8 @@ def check_same_aspect(reference_hw: tuple[int, int], working_hw: tuple[int, int]
     (h, w), (H, W) = reference_hw, working_hw
     if abs(H * w - W * h) > H + W + h + w:
         raise ValueError(
-            f"reference latent is {w}x{h} cells but the latent being sampled is {W}x{H}: their aspect ratios "
-            f"differ ({w / h:.3f} vs {W / H:.3f}). Give LowFreqStructureGuide the low-resolution latent of the "
+            f"{input_name} is {w}x{h} cells but the latent being sampled is {W}x{H}: their aspect ratios "
+            f"differ ({w / h:.3f} vs {W / H:.3f}). Give {node} the low-resolution latent of the "
             f"same image (any size, same aspect ratio) that was upscaled to make the sampled latent.")
 
 

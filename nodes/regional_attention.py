@@ -268,13 +268,7 @@ class AttentionPrior:
         if low.shape[0] not in (1, noise.shape[0]):
             raise ValueError(f"low_res_latent holds {low.shape[0]} latents but the sampler's batch has {noise.shape[0]}: "
                              f"give RegionalAttentionPrior one low-res latent, or one per image of the batch.")
-        try:
-            check_same_aspect(tuple(low.shape[-2:]), tuple(noise.shape[-2:]))
-        except ValueError:
-            raise ValueError(f"low_res_latent is {low.shape[-1]}x{low.shape[-2]} cells but the latent being sampled is "
-                             f"{noise.shape[-1]}x{noise.shape[-2]}: their aspect ratios differ, so the attention maps "
-                             f"would be stretched over the tiles. Give RegionalAttentionPrior the low-resolution latent "
-                             f"of the image being upscaled (any size, same aspect ratio).") from None
+        check_same_aspect(tuple(low.shape[-2:]), tuple(noise.shape[-2:]), "low_res_latent", "RegionalAttentionPrior")
         seed = 0 if seed is None else seed
         run = PriorRun(noise=low_res_noise(noise, low, seed), seed=seed)
         executor.class_obj.model_options.setdefault("transformer_options", {})[PRIOR_KEY] = run

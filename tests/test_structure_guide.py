@@ -76,7 +76,7 @@ def test_reference_resize_keeps_the_picture_at_non_integer_factors_and_aspects()
 
 
 def test_reference_of_another_aspect_ratio_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match=r"reference latent is 40x40 cells .* is 60x100: their aspect ratios differ .* same aspect ratio"):
+    with pytest.raises(ValueError, match=r"reference is 40x40 cells .* is 60x100: their aspect ratios differ .* same aspect ratio"):
         reference_at(torch.zeros(1, 4, 40, 40), (100, 60))
 
 
@@ -241,7 +241,7 @@ def test_bad_references_are_named_and_the_input_model_is_never_mutated(tiny, pac
     base.set_model_unet_function_wrapper(lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))
     with pytest.raises(ValueError, match="reference holds 3 latents but the sampler's batch has 2 images"):
         sample(tiny, guided(pack_node, base, reference_latent(batch=3)), batch=2)
-    with pytest.raises(ValueError, match="reference latent is 13x20 cells .* 32x32"):
+    with pytest.raises(ValueError, match="reference is 13x20 cells .* 32x32"):
         sample(tiny, guided(pack_node, base, {"samples": torch.zeros(1, 4, 20, 13)}))
     assert calls == []
 
