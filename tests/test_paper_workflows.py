@@ -1,0 +1,261 @@
+"""The three paper workflows run in ComfyUI's executor on tiny models and produce images of the right size.
+
+- ``cupscale_sdxl_1024_to_4096``: C-Upscale, two x2 stages with all four priors;
+- ``xpsr_restore_x4``: XPSR's SFA ControlNet fed by the captioner's two descriptions;
+- ``zoomed_in_x4``: Zoomed-In, degradation-aware tags per tile through the Attention Composer.
+
+Only what a user downloads is swapped: the checkpoint loader for the tiny seeded one; the XPSR release
+and the VLM folders are built tiny, under the very names the workflows ship with, in temporary model
+folders (a tiny Qwen2-VL answers for Qwen2.5-VL-3B-Instruct, a tiny LLaVA for llava-1.5-7b-hf). The
+captioner runs for real on them (the local transformers backend); sizes, steps and tiles are overridden
+for the CPU. Spies on the pack's own modules (as ComfyUI loaded them) show each prior at work per stage.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+
+import pytest
+from PIL import Image
+
+import tiny_vlms
+from cupscale.captioning import DEGRADATION_TAGS
+from harness import workflows
+from harness.comfy_host import run_prompt
+from test_sfa_controlnet import release
+
+CAPTION = {"max_tokens": 4, "device": "cpu"}
+VAE = {"tile_size": 128, "overlap": 32}
+TILES = {"value": 64}, {"value": 16}  # the workflows' tile size and overlap primitives: 8 and 2 latent cells
+XPSR_ADDED = "clean, high-resolution, 8k, high quality, clear text."
+ZOOMED_IN_ADDED = "clean, high-resolution, 8k"
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory):
+    """The model files the README names, built tiny under the names the workflows ship with."""
+    root = tmp_path_factory.mktemp("models")
+    tiny_vlms.qwen2_vl(root / "LLM" / "Qwen2.5-VL-3B-Instruct")
+    tiny_vlms.llava(root / "LLM" / "llava-1.5-7b-hf")
+    release(root / "xpsr", "checkpoint-300000", "safetensors")
+    return root
+
+
+@pytest.fixture
+def models(model_root):
+    """Registered for one test only: the validation test below must not find them."""
+    import folder_paths
+    names = ("LLM", "xpsr")
+    for name in names:
+        folder_paths.add_model_folder_path(name, str(model_root / name))
+    yield model_root
+    for name in names:
+        folder_paths.folder_names_and_paths[name][0].remove(str(model_root / name))
+        folder_paths.filename_list_cache.pop(name, None)  # its check misses a removed folder
+
+
+@pytest.fixture
+def folders(host, tmp_path):
+    import folder_paths
+    old = folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.get_temp_directory()
+    for name in ("in", "out", "temp"):
+        (tmp_path / name).mkdir()
+    folder_paths.set_input_directory(str(tmp_path / "in"))
+    folder_paths.set_output_directory(str(tmp_path / "out"))
+    folder_paths.set_temp_directory(str(tmp_path / "temp"))
+    yield tmp_path
+    folder_paths.set_input_directory(old[0])
+    folder_paths.set_output_directory(old[1])
+    folder_paths.set_temp_directory(old[2])
+
+
+def pack(host, node: str):
+    """The module of a pack node as ComfyUI loaded it (its classes are not the tests' ``cupscale.*``)."""
+    return sys.modules[host.NODE_CLASS_MAPPINGS[node].__module__]
+
+
+@pytest.fixture
+def seen(host, monkeypatch):
+    """What the priors did, as plain values: structure-guide calls, captures, composed tiles, XPSR controls
+    and the instructions the VLM was asked."""
+    ra, sg = pack(host, "RegionalAttentionPrior"), pack(host, "LowFreqStructureGuide")
+    sfa, captioner = pack(host, "SFAControlNetApply"), pack(host, "MLLMRegionCaptioner")
+    backends = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.mllm_backends"]
+    log = {"structure": [], "captures": [], "tiles": [], "control": [], "asked": []}
+
+    def structure(self, args):
+        log["structure"].append(tuple(args["denoised"].shape[-2:]))
+        return structure.original(self, args)
+
+    def capture(self, run, model, like, sigma, model_options):
+        log["captures"].append(tuple(self.low.shape[-2:]))
+        return capture.original(self, run, model, like, sigma, model_options)
+
+    def cond_output(self, q, k, v, captured, composer, where, extra_options):
+        grid = where.grid
+        log["tiles"].append({"latent": (grid.height, grid.width), "tiles": len(grid.boxes),
+                             "prior": captured is not None,
+                             "weight": None if composer is None else composer.composer.weight})
+        return cond_output.original(self, q, k, v, captured, composer, where, extra_options)
+
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+        log["control"].append((tuple(x_noisy.shape[-2:]), "cupscale_tiles" in transformer_options))
+        return get_control.original(self, x_noisy, t, cond, batched_number, transformer_options)
+
+    def caption(self, images, instruction, max_tokens):
+        log["asked"].append(instruction)
+        return caption.original(self, images, instruction, max_tokens)
+
+    for owner, name, spy in ((sg.StructureGuide, "__call__", structure), (ra.AttentionPrior, "capture", capture),
+                             (ra.RegionalAttention, "cond_output", cond_output),
+                             (sfa.SFAControl, "get_control", get_control), (backends.LocalVLM, "caption", caption)):
+        spy.original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, spy)
+    captioner.captioning.CACHE.clear()  # every test asks the VLM itself
+    return log
+
+
+def fast(prompt: dict, per_node: dict[str, dict]) -> dict:
+    return workflows.with_overrides(prompt, [f"{node}.{k}={json.dumps(v)}" for node, inputs in per_node.items()
+                                             for k, v in inputs.items()])
+
+
+def with_captures(prompt: dict, values: dict[str, list]) -> dict:
+    """CupscaleCapture nodes keeping intermediate values (strings, JSON) for the test to read."""
+    prompt = dict(prompt)
+    for key, link in values.items():
+        prompt[f"capture_{key}"] = {"class_type": "CupscaleCapture", "inputs": {"value": link, "key": key}}
+    return prompt
+
+
+def run(prompt: dict) -> tuple[dict, dict]:
+    from harness.test_nodes import CAPTURED
+    CAPTURED.clear()
+    history = run_prompt(prompt)
+    return history, dict(CAPTURED)
+
+
+def saved_size(folders, history: dict, node: str) -> tuple[int, int]:
+    (image,) = history["outputs"][node]["images"]
+    with Image.open(folders / "out" / image["subfolder"] / image["filename"]) as im:
+        return im.size
+
+
+def regions(doc: str) -> tuple[dict, list[str]]:
+    parsed = json.loads(doc)
+    return parsed["grid_in_latent_cells"], [r["prompt"] for r in parsed["regions"]]
+
+
+def tile_grid(latent_h: int, latent_w: int) -> dict:
+    return {"height": latent_h, "width": latent_w, "tile_height": 8, "tile_width": 8, "overlap": 2}
+
+
+def cupscale_prompt() -> dict:
+    prompt = workflows.with_tiny_models(workflows.load("cupscale_sdxl_1024_to_4096.api.json"), "sdxl")
+    return fast(prompt, {"5": TILES[0], "6": TILES[1], "12": CAPTION, "21": CAPTION, "16": {"steps": 2},
+                         "25": {"steps": 2}, **{n: VAE for n in ("9", "11", "17", "20", "26")}})
+
+
+def xpsr_prompt() -> dict:
+    prompt = workflows.with_tiny_models(workflows.load("xpsr_restore_x4.api.json"), "sd15")
+    return fast(prompt, {"3": CAPTION, "12": {"tile_width": 64, "tile_height": 64, "overlap": 16},
+                         "14": {"steps": 2}, "13": VAE, "15": VAE})
+
+
+def zoomed_in_prompt() -> dict:
+    prompt = workflows.with_tiny_models(workflows.load("zoomed_in_x4.api.json"), "sd15")
+    return fast(prompt, {"5": TILES[0], "6": TILES[1], "12": CAPTION, "19": CAPTION, "15": {"steps": 2},
+                         "22": {"steps": 2}, **{n: VAE for n in ("9", "11", "16", "18", "23")}})
+
+
+def test_cupscale_sdxl_runs_both_stages_with_all_four_priors(models, folders, seen):
+    Image.new("RGB", (48, 32), (120, 60, 200)).save(folders / "in" / "input.png")
+    history, captured = run(with_captures(cupscale_prompt(), {"stage1": ["12", 1], "stage2": ["21", 1]}))
+
+    assert saved_size(folders, history, "18") == (96, 64)
+    assert saved_size(folders, history, "27") == (192, 128)
+    # Region prompts from the VLM on each stage's upscaled image, on the tiles' grid.
+    for key, (h, w) in (("stage1", (8, 12)), ("stage2", (16, 24))):
+        grid, prompts = regions(captured[key])
+        assert grid == tile_grid(h, w) and len(prompts) > 1 and all(p.strip() for p in prompts)
+    assert set(seen["asked"]) == {"Describe this image in one or two sentences as a prompt for a text-to-image "
+                                  "model: name the objects, materials, textures and colours you see. Reply with "
+                                  "the description only."}
+    # Per stage: the structure guide at the sampled size, one capture per step on that stage's low-res latent,
+    # and tiles whose cond items get the prior's maps composed with their region prompt (w = 0.5).
+    assert set(seen["structure"]) == {(8, 12), (16, 24)}
+    assert seen["captures"] == [(4, 6)] * 2 + [(8, 12)] * 2
+    tiles = {(t["latent"], t["tiles"], t["prior"], t["weight"]) for t in seen["tiles"]}
+    assert tiles == {((8, 12), 2, True, 0.5), ((16, 24), 12, True, 0.5)}
+
+
+def test_xpsr_restores_x4_with_the_captioners_two_descriptions(models, folders, seen):
+    Image.new("RGB", (32, 32), (90, 140, 30)).save(folders / "in" / "input.png")
+    history, captured = run(with_captures(xpsr_prompt(), {"high": ["3", 2], "low": ["3", 3], "positive": ["4", 0]}))
+
+    assert saved_size(folders, history, "16") == (128, 128)
+    assert captured["high"].strip() and captured["low"].strip()
+    assert captured["positive"] == f"{captured['high']} {XPSR_ADDED}"
+    assert {"Please provide a descriptive summary of the content of this image",
+            "Please describe the quality of this image and evaluate it based on factors such as clarity, color, "
+            "noise, and lighting"} <= set(seen["asked"])
+    # The SFA ControlNet ran on the tiles (8x8 latent cells) of the 16x16 latent, never on the whole of it.
+    assert seen["control"] and set(seen["control"]) == {((8, 8), True)}
+
+
+def test_zoomed_in_gives_each_tile_its_own_degradation_aware_tags(models, folders, seen):
+    Image.new("RGB", (48, 32), (30, 80, 160)).save(folders / "in" / "input.png")
+    history, captured = run(with_captures(zoomed_in_prompt(), {"stage1": ["12", 1], "stage2": ["19", 1]}))
+
+    assert saved_size(folders, history, "24") == (192, 128)
+    assert set(seen["asked"]) == {DEGRADATION_TAGS}
+    for key, (h, w) in (("stage1", (8, 12)), ("stage2", (16, 24))):
+        grid, prompts = regions(captured[key])
+        assert grid == tile_grid(h, w) and len(prompts) > 1
+        assert all(p.endswith(ZOOMED_IN_ADDED) for p in prompts)  # tags, then the prompt added to every tile
+    tiles = {(t["latent"], t["tiles"], t["weight"]) for t in seen["tiles"]}
+    assert tiles == {((8, 12), 2, 0.0), ((16, 24), 12, 0.0)}  # each tile its own tags only
+
+
+@pytest.mark.parametrize("name, needs", [
+    ("cupscale_sdxl_1024_to_4096.api.json",
+     {"1": {"ckpt_name"}, "7": {"image"}, "12": {"local_model"}, "21": {"local_model"}}),
+    ("xpsr_restore_x4.api.json", {"1": {"ckpt_name"}, "2": {"image"}, "3": {"local_model"},
+                                  "9": {"controlnet", "unet"}}),
+    ("zoomed_in_x4.api.json", {"1": {"ckpt_name"}, "7": {"image"}, "12": {"local_model"}, "19": {"local_model"}}),
+])
+def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_download(host, folders, name, needs):
+    import execution
+    prompt = workflows.load(name)
+    assert {v["class_type"] for v in prompt.values()} <= set(host.NODE_CLASS_MAPPINGS)
+    ok, _, _, node_errors = asyncio.run(execution.validate_prompt("t", prompt, None))
+    assert not ok
+    assert {k: {e["extra_info"]["input_name"] for e in v["errors"]} for k, v in node_errors.items()} == needs
+
+
+@pytest.mark.server
+def test_the_three_workflows_run_through_a_real_comfyui_server(model_root, tmp_path):
+    """Queued over HTTP to ``main.py`` whose models/ holds the tiny files; one 48x32 image for all three."""
+    from harness.server import ComfyServer
+    base = tmp_path / "comfy"
+    (base / "models").mkdir(parents=True)
+    for name in ("LLM", "xpsr"):
+        (base / "models" / name).symlink_to(model_root / name, target_is_directory=True)
+    server = ComfyServer(base)
+    try:
+        Image.new("RGB", (48, 32), (200, 100, 50)).save(base / "input" / "input.png")
+        server.wait_ready()
+        prompts = {"27": cupscale_prompt(), "16": xpsr_prompt(), "24": zoomed_in_prompt()}  # by the final SaveImage
+        assert {v["class_type"] for p in prompts.values() for v in p.values()} <= set(server.get("/object_info"))
+        queued = {save: server.post("/prompt", {"prompt": p})["prompt_id"] for save, p in prompts.items()}
+        for save, prompt_id in queued.items():
+            entry = server.wait_history(prompt_id)
+            assert entry["status"]["status_str"] == "success", entry["status"]
+            (image,) = entry["outputs"][save]["images"]
+            with Image.open(base / "output" / image["subfolder"] / image["filename"]) as im:
+                assert im.size == (192, 128)
+    finally:
+        server.stop()
+        shutil.rmtree(base / "custom_nodes", ignore_errors=True)
