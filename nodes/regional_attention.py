@@ -285,7 +285,9 @@ class AttentionPrior:
         sigma = float(timestep.max())
         sigmas = model_options["transformer_options"].get("sample_sigmas")
         progress = 0.0 if sigmas is None else schedule_progress(sigmas, sigma)
-        if not self.start <= progress < self.end:
+        composer: ComposerRun | None = model_options["transformer_options"].get(COMPOSER_KEY)
+        unused = composer is not None and composer.composer.weight <= 0  # region prompts only: skip the pass
+        if unused or not self.start <= progress < self.end:
             run.sigma, run.maps = None, {}
         elif run.sigma != sigma:
             run.maps = {}  # free the previous capture first: at 4K the maps are the prior's main memory

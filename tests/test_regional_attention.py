@@ -115,9 +115,12 @@ def test_weight_zero_with_the_global_prompt_for_every_region_equals_tiled_diffus
     alone = sample(tiled, latent, pos, neg)
     composed = sample(nodes_.composer(prior, 0.0, text=GLOBAL), latent, pos, neg)
     assert (composed - alone).abs().max() <= 1e-5
-    # Not vacuous: the prior did run, on its own (w = 1) it changes the result, and so does another region prompt.
-    assert len(spy["captures"]) == 3
+    # At w = 0 the maps would go unused, so no capture pass runs.
+    assert len(spy["captures"]) == 0
+    # Not vacuous: on its own (w = 1) the prior captures every step and changes the result, and so does
+    # another region prompt at w = 0.
     assert (sample(prior, latent, pos, neg) - alone).abs().max() > 1e-3
+    assert len(spy["captures"]) == 3
     assert (sample(nodes_.composer(prior, 0.0, text="a blue car"), latent, pos, neg) - alone).abs().max() > 1e-3
 
 
