@@ -86,8 +86,8 @@ def main() -> None:
     outputs = (round(a.input * 2.5), a.input * 8)
     rows = [measure(method, a.input, out, a.threads) for method in ("bicubic", "liif") for out in outputs]
     print(f"input {a.input}x{a.input}, CPU, {a.threads} thread(s); peak = rise of peak RSS during the call")
-    print(f"| method  | output      | time s | peak MB | output buffer MB | peak - buffer MB |")
-    print(f"|---------|-------------|--------|---------|------------------|------------------|")
+    print("| method  | output      | time s | peak MB | output buffer MB | peak - buffer MB |")
+    print("|---------|-------------|--------|---------|------------------|------------------|")
     for r in rows:
         print(f"| {r['method']:<7} | {r['output']:>5}x{r['output']:<5} | {r['seconds']:6.2f} | {r['peak'] / MB:7.1f} "
               f"| {r['buffer'] / MB:16.1f} | {(r['peak'] - r['buffer']) / MB:16.1f} |")

@@ -71,7 +71,7 @@ def structure_table():
             rows.append((denoise, label, *(sum(v) / len(v) for v in errors.values())))
     print(f"Low-frequency error against the reference (tiny SD1.5, {REF}x{REF} -> {WORK}x{WORK} latent, 2x2 tiles, "
           f"euler {STEPS} steps, cfg 4, mean of 3 seeds)")
-    print(f"| denoise | guide    | LF error, Gaussian band (sigma 1 ref cell) | LF error, FFT band (0.5 ref Nyquist) |")
+    print("| denoise | guide    | LF error, Gaussian band (sigma 1 ref cell) | LF error, FFT band (0.5 ref Nyquist) |")
     print("|---------|----------|------|------|")
     for denoise, label, g_err, f_err in rows:
         print(f"| {denoise:.1f}     | {label:<8} | {g_err:.4f} | {f_err:.4f} |")

@@ -24,7 +24,7 @@ import tiny_vlms
 from cupscale.captioning import DEGRADATION_TAGS
 from harness import workflows
 from harness.comfy_host import run_prompt
-from test_sfa_controlnet import release
+from tiny_xpsr import release
 
 CAPTION = {"max_tokens": 4, "device": "cpu"}
 VAE = {"tile_size": 128, "overlap": 32}
