@@ -138,12 +138,13 @@ class TiledDiffusion:
         return out
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        cond = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn)
         grid, weights = self.grid(tuple(x.shape[-2:]))
         if len(grid) == 1:
             if isinstance(control, ControlRequest):
-                control = control.evaluate(x, t, dict(control.cond), transformer_options)
+                control = control.evaluate(x, t, control.cond, transformer_options)
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+        cond = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn)
 
         run: TiledRun | None = transformer_options.get(RUN_KEY)
         chunks = len(transformer_options.get("cond_or_uncond", ())) or 1
