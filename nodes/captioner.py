@@ -13,9 +13,11 @@ import torch
 import comfy.model_management
 import comfy.utils
 import folder_paths
+from PIL import Image
 
 from ..cupscale import captioning
-from ..cupscale.captioning import CACHE, MODES, Captioner, CaptionRequest, Instructions, caption_image, image_grid
+from ..cupscale.captioning import (CACHE, MODES, Captioner, CaptionRequest, Instructions, caption_image, image_grid,
+                                   to_uint8_rgb)
 from ..cupscale.mllm_backends import DTYPES, LocalVLM, OpenAIEndpoint
 from ..cupscale.region_prompts import TYPE_NAME, from_json, to_json
 from .tiled_diffusion import check_tiling_inputs, tile_inputs
@@ -25,6 +27,7 @@ NO_MODEL = "(no model folder in models/LLM)"
 BACKENDS = ("local model", "endpoint")
 FAILURE_POLICIES = ("stop with an error", "use global prompt")
 AFTER_USE = ("unload", "offload to CPU")
+PREVIEW_SIDE = 1024  # longest side of the preview the region overlay (js/cupscale.js) draws on
 
 folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
 
@@ -67,6 +70,17 @@ def progress_reporter():
     return report
 
 
+def save_preview(image: torch.Tensor) -> dict:
+    """The image as a PNG of at most PREVIEW_SIDE pixels in ComfyUI's temp folder, as /view serves it."""
+    pil = Image.fromarray(to_uint8_rgb(image))
+    pil.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+        "cupscale_regions", folder_paths.get_temp_directory(), pil.width, pil.height)
+    filename = f"{name}_{counter:05}_.png"
+    pil.save(os.path.join(folder, filename), compress_level=1)
+    return {"filename": filename, "subfolder": subfolder, "type": "temp"}
+
+
 def multiline(default: str, tooltip: str) -> tuple:
     return ("STRING", {"default": default, "multiline": True, "tooltip": tooltip})
 
@@ -75,7 +89,7 @@ class MLLMRegionCaptioner:
     """IMAGE -> REGION_PROMPTS over the same tiles as TiledBlendedDiffusion, plus XPSR's descriptions."""
 
     CATEGORY = "cupscale"
-    FUNCTION = "caption"
+    FUNCTION = "caption_with_preview"
     RETURN_TYPES = (TYPE_NAME, "STRING", "STRING", "STRING")
     RETURN_NAMES = ("region_prompts", "region_prompts_json", "xpsr_high_level", "xpsr_low_level")
     DESCRIPTION = ("Cuts the image into the tiles TiledBlendedDiffusion will use (same tile size and overlap) and "
@@ -141,6 +155,14 @@ class MLLMRegionCaptioner:
                                     "tooltip": "Endpoint retries after a timeout or server error."}),
             },
         }
+
+    def caption_with_preview(self, image, **inputs):
+        """What the graph runs: :meth:`caption`, plus the payload of the region overlay and editor in the
+        frontend (js/cupscale.js): the image it draws the regions on, its true size, the prompts' JSON."""
+        result = self.caption(image, **inputs)
+        payload = {"image": save_preview(image), "width": image.shape[2], "height": image.shape[1],
+                   "region_prompts_json": result[1]}
+        return {"ui": {"cupscale_regions": [payload]}, "result": result}
 
     def caption(self, image, backend, local_model, endpoint_url, endpoint_model, tile_width, tile_height, overlap,
                 region_prompts, xpsr_descriptions, max_tokens, on_region_failure, global_prompt="", prefix="",

@@ -58,14 +58,22 @@ def tile_inputs(what: str, note: str) -> dict:
 
 
 def mask_to_latent(mask: torch.Tensor, latent_hw: tuple[int, int], ratio: int) -> torch.Tensor:
-    """A MASK of the image's size (or the latent's) as ``(batch, 1, h, w)`` at latent resolution."""
+    """A MASK of the image's size (or the latent's) as ``(batch, 1, h, w)`` at latent resolution.
+
+    VAE Encode drops up to ``ratio - 1`` pixels of an image whose sides are not whole latent cells,
+    half on each side; a mask of the uncropped image is cropped the same way.
+    """
     h, w = latent_hw
     mh, mw = mask.shape[-2:]
-    if (mh, mw) not in ((h * ratio, w * ratio), (h, w)):
+    mask = mask.reshape(-1, 1, mh, mw).float()
+    if (mh, mw) == (h, w):
+        return mask
+    if not (h * ratio <= mh < (h + 1) * ratio and w * ratio <= mw < (w + 1) * ratio):
         raise ValueError(f"mask is {mw}x{mh} pixels but the latent being sampled is {w}x{h} "
                          f"({w * ratio}x{h * ratio} pixels): give TiledBlendedDiffusion a mask of the image's size.")
-    mask = mask.reshape(-1, 1, mh, mw).float()
-    return torch.nn.functional.interpolate(mask, size=(h, w), mode="area") if (mh, mw) != (h, w) else mask
+    top, left = (mh - h * ratio) // 2, (mw - w * ratio) // 2
+    mask = mask[:, :, top:top + h * ratio, left:left + w * ratio]
+    return torch.nn.functional.interpolate(mask, size=(h, w), mode="area")
 
 
 @dataclass

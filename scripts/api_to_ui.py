@@ -184,6 +184,10 @@ def depths(prompt: dict) -> dict[str, int]:
     return {k: depth(k) for k in prompt}
 
 
+# Room for the region-grid panel js/cupscale.js adds to these nodes, so they don't cover the next node.
+REGION_PANEL_HEIGHT = {"TiledBlendedDiffusion": 224, "MLLMRegionCaptioner": 224}
+
+
 def _height(n_sockets: int, n_outputs: int, slots: list[WidgetSlot], specs: dict[str, InputSpec]) -> int:
     """About the height litegraph's computeSize gives (20 px a slot row, 24 a widget); big for text
     boxes and for the image preview of an upload node."""
@@ -262,7 +266,8 @@ def api_to_ui(prompt: dict, defs: dict) -> dict:
             widgets_values.append(value)
 
         col = depth[node_id]
-        height = _height(sum(1 for i in inputs if "widget" not in i), len(outputs[node_id]), slots, specs)
+        height = (_height(sum(1 for i in inputs if "widget" not in i), len(outputs[node_id]), slots, specs)
+                  + REGION_PANEL_HEIGHT.get(node["class_type"], 0))
         y = column_y.get(col, MARGIN + TITLE_HEIGHT)
         column_y[col] = y + height + TITLE_HEIGHT + GAP
         ui_node = {"id": int(node_id), "type": node["class_type"], "pos": [MARGIN + col * COLUMN_WIDTH, y],

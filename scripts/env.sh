@@ -39,7 +39,7 @@ TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 
 make_venv() {
   local host=$1 stamp
-  stamp=$(cat "$host/requirements.txt" "$PACK_DIR/requirements.txt" "$PACK_DIR/scripts/env.sh" | sha1sum | cut -c1-12)
+  stamp=$(cat "$host/requirements.txt" "$PACK_DIR/requirements.txt" "$PACK_DIR/requirements-dev.txt" "$PACK_DIR/scripts/env.sh" | sha1sum | cut -c1-12)
   if [ -f "$VENV/.cupscale-stamp" ] && [ "$(cat "$VENV/.cupscale-stamp")" = "$stamp" ]; then return; fi
   echo "Creating venv $VENV (python3.11) ..." >&2
   rm -rf "$VENV"

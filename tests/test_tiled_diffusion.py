@@ -275,6 +275,18 @@ def test_bad_tiling_inputs_name_the_input(tiny, host, kwargs, needle):
         node.patch(**{**args, **kwargs})
 
 
+def test_mask_of_an_image_with_partial_latent_cells_is_cropped_as_vae_encode_crops(tiny, tiled):
+    model = tiny.tiny_model("sd15")
+    latent = smooth_latent(48, 64)
+    mask = torch.zeros(1, 48 * 8 + 5, 64 * 8 + 7)  # VAE Encode drops the 5 and 7 extra pixels
+    mask[:, 82:242, 99:323] = 1.0
+    out = sample(tiled(model, mask=mask), latent, tiny.conditioning("sd15", 1), tiny.conditioning("sd15", 2),
+                 denoise=1.0)
+    inside = torch.nn.functional.interpolate(mask[None, :, 2:2 + 384, 3:3 + 512], size=(48, 64), mode="area")[0, 0] > 0
+    assert (out[..., ~inside] - latent[..., ~inside]).abs().max() <= 1e-5
+    assert (out[..., inside] - latent[..., inside]).abs().mean() > 0.1
+
+
 def test_mask_of_another_size_is_named_at_sampling(tiny, tiled):
     model = tiny.tiny_model("sd15")
     with pytest.raises(ValueError, match="mask is 100x100 pixels but the latent being sampled is 64x48"):

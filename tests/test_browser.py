@@ -1,0 +1,258 @@
+"""The pack as users meet it: ComfyUI's own frontend in Debian's Chromium, driven by Playwright.
+
+A real server (harness.server.ComfyServer) serves the frontend and the pack's js/. The tests load the
+shipped UI-format workflows into the canvas, check that every node type is known, that the region
+panels draw the grid of cupscale/grid.py (js/grid.js is checked against it on many sizes), and edit a
+region's prompt by clicking it: the JSON the editor writes is read back by the Python parser and
+accepted by the server on the next run. Screenshots go to a temporary folder whose path is printed.
+
+Needs /usr/bin/chromium (bash scripts/install_browser.sh) and playwright (requirements-dev.txt); it
+fails, never skips, when they are missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from PIL import Image
+
+import tiny_vlms
+from cupscale.captioning import image_grid
+from cupscale.grid import region_grid
+from cupscale.region_prompts import from_json, pixel_box
+from harness.comfy_host import PACK_DIR
+from harness.server import ComfyServer
+from harness.workflows import WORKFLOWS
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+INPUT_SIZE = (72, 40)  # width, height of the test's input.png
+APP = "window.comfyAPI.app.app"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """ComfyUI with the pack, an input image, a tiny VLM in models/LLM and no first-run dialogs."""
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "input").mkdir()
+    Image.new("RGB", INPUT_SIZE, (40, 110, 170)).save(base / "input" / "input.png")
+    tiny_vlms.llava(base / "models" / "LLM" / "tiny-llava")
+    (base / "user" / "default").mkdir(parents=True)
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):  # shared cores: no spinning thread pools
+        server = ComfyServer(base)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base / "custom_nodes", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("screenshots")
+    print(f"\nbrowser screenshots: {folder}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/install_browser.sh` (installs Debian's chromium).")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: pip install -r requirements-dev.txt (never `playwright install`).")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS, viewport={"width": 1600, "height": 1000})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser_context):
+    page = browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and "cupscale" in m.text and errors.append(m.text))
+    page.goto(server.url)
+    page.wait_for_function(f"() => window.cupscale && {APP}?.graph && {APP}.canvas", timeout=90_000)
+    page.evaluate(f"""() => {APP}.registerExtension({{
+        name: 'cupscale.test', afterConfigureGraph(missing) {{ window.cupscaleMissing = missing }} }})""")
+    yield page
+    assert not [e for e in errors if "cupscale" in e or "grid.js" in e or "sizes.js" in e], errors
+    page.close()
+
+
+def load_workflow(page, name: str) -> dict[str, int]:
+    """Load a shipped UI-format workflow into the canvas; node ids by type. Fails on missing nodes."""
+    ui = json.loads((WORKFLOWS / name).read_text())
+    result = page.evaluate(f"""async (ui) => {{
+        window.cupscaleMissing = null
+        await {APP}.loadGraphData(ui)
+        const nodes = {APP}.graph.nodes
+        return {{missing: window.cupscaleMissing, broken: nodes.filter((n) => n.has_errors).map((n) => n.type),
+                 nodes: nodes.map((n) => [n.type, n.id])}}
+    }}""", ui)
+    assert result["missing"] == [] and result["broken"] == [], result
+    assert sorted(t for t, _ in result["nodes"]) == sorted(n["type"] for n in ui["nodes"])
+    return {t: i for t, i in result["nodes"]}
+
+
+def set_widgets(page, node_id: int, **values) -> None:
+    page.evaluate(f"""([id, values]) => {{
+        const node = {APP}.graph.getNodeById(id)
+        for (const [name, value] of Object.entries(values)) node.widgets.find((w) => w.name === name).value = value
+    }}""", [node_id, values])
+
+
+def show(page, node_id: int) -> dict:
+    """Scroll the node's region panel (its last 220 px) to the middle of the canvas and bring the node to
+    the front (as selecting it does), let the canvas draw two frames, return what the panel holds."""
+    return page.evaluate(f"""(id) => new Promise((resolve) => {{
+        const app = {APP}
+        const node = app.graph.getNodeById(id)
+        const {{ ds, canvas }} = app.canvas
+        ds.offset[0] = canvas.clientWidth / 2 / ds.scale - (node.pos[0] + node.size[0] / 2)
+        ds.offset[1] = canvas.clientHeight / 2 / ds.scale - (node.pos[1] + node.size[1] - 110)
+        app.canvas.bringToFront(node)
+        app.graph.setDirtyCanvas(true, true)
+        requestAnimationFrame(() => requestAnimationFrame(() => resolve(window.cupscale.regionsFor(id))))
+    }})""", node_id)
+
+
+def shown_when(page, node_id: int, condition: str) -> dict:
+    """What the panel holds once ``condition`` (JavaScript over ``r = regionsFor(node_id)``) holds, e.g.
+    once LoadImage's picture has loaded and the sizes are known, drawn on screen."""
+    page.wait_for_function(f"(id) => {{ const r = window.cupscale.regionsFor(id); return r && ({condition}) }}",
+                           arg=node_id, timeout=30_000)
+    return show(page, node_id)
+
+
+def python_boxes(height: int, width: int, tile: int, overlap: int) -> list[dict]:
+    return [pixel_box(b) for b in image_grid(height, width, tile, tile, overlap).boxes]
+
+
+def test_js_grid_is_the_python_grid(page, server):
+    """js/grid.js, as the server serves it, against cupscale/grid.py on a sweep of sizes."""
+    rng = random.Random(7)
+    cases = [(11, 11, 6, 6, 3), (13, 20, 6, 8, 2), (40, 33, 64, 64, 8)]  # 2.5 stride: Python rounds to even
+    cases += [(rng.randint(1, 400), rng.randint(1, 400), rng.randint(1, 160), rng.randint(1, 160), rng.randint(0, 40))
+              for _ in range(3000)]
+    expected = []
+    for case in cases:
+        try:
+            g = region_grid(*case)
+            expected.append([g.rows, g.cols, [[b.top, b.left, b.height, b.width] for b in g.boxes]])
+        except ValueError:
+            expected.append("error")
+    got = page.evaluate("""async ([pack, cases]) => {
+        const grid = await import(`/extensions/${pack}/grid.js`)
+        return cases.map((c) => {
+            try {
+                const g = grid.regionGrid(...c)
+                return [g.rows, g.cols, g.boxes.map((b) => [b.top, b.left, b.height, b.width])]
+            } catch (e) { return 'error' }
+        })
+    }""", [PACK_DIR.name, cases])
+    mismatches = [(c, e, g) for c, e, g in zip(cases, expected, got) if e != g]
+    assert not mismatches, mismatches[:3]
+    assert expected[0][2][1] == [0, 2, 6, 6]  # round(2.5) == 2: JavaScript's Math.round would say 3
+    assert sum(e == "error" for e in expected) > 50 and sum(e != "error" and e[0] * e[1] > 4 for e in expected) > 500
+
+
+def test_every_shipped_workflow_loads_with_every_node_known(page):
+    ui_files = sorted(p.name for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
+    assert len(ui_files) >= 4
+    for name in ui_files:
+        load_workflow(page, name)
+
+
+def test_each_stage_of_the_blended_edit_shows_the_size_it_samples(page):
+    """Multi-stage edit of the 72x40 input: stages at 1/2, 3/4 and full size, cut to whole latent cells."""
+    load_workflow(page, "edit_multistage_blended.json")
+    sizes = {node: shown_when(page, node, "r.width !== null") for node in (13, 34, 41)}
+    assert {n: (r["width"], r["height"], r["drawn"]) for n, r in sizes.items()} == \
+        {13: (32, 16, 1), 34: (48, 24, 1), 41: (72, 40, 1)}
+
+
+def test_tiled_diffusion_draws_the_tiles_of_each_stage(page, screenshots):
+    """×2.5 workflow: LIIF ×2 then ×1.25 of the 72x40 input; each sampler's latent is cut to whole cells."""
+    ids = load_workflow(page, "upscale_x2_5_implicit.json")
+    tiled = ids["TiledBlendedDiffusion"]
+    set_widgets(page, tiled, tile_width=64, tile_height=64, overlap=16)
+    stage1 = shown_when(page, tiled, "r.stages === 2")
+    assert (stage1["width"], stage1["height"]) == (144, 80)
+    assert stage1["boxes"] == python_boxes(80, 144, 64, 16) and stage1["drawn"] == len(stage1["boxes"]) == 6
+    page.screenshot(path=str(screenshots / "tiled_stage1.png"))
+
+    point = page.evaluate("(id) => window.cupscale.regionScreenPoint(id, 0)", tiled)
+    page.mouse.click(point["x"], point["y"])  # a click on the panel steps to the next stage
+    stage2 = show(page, tiled)
+    assert (stage2["width"], stage2["height"]) == (176, 96)  # 180x100 from LIIF, cut to 22x12 latent cells
+    assert stage2["boxes"] == python_boxes(96, 176, 64, 16) and stage2["drawn"] == len(stage2["boxes"]) == 8
+    page.screenshot(path=str(screenshots / "tiled_stage2.png"))
+
+
+def test_region_prompt_edited_in_the_graph_is_valid_json_the_server_uses(page, server, screenshots):
+    ids = load_workflow(page, "caption_regions.json")
+    captioner = ids["MLLMRegionCaptioner"]
+    set_widgets(page, captioner, tile_width=64, tile_height=64, overlap=16, local_model="tiny-llava", max_tokens=4,
+                on_region_failure="use global prompt", global_prompt="a lake")
+    before = shown_when(page, captioner, "r.width !== null")
+    assert (before["width"], before["height"]) == (144, 80)  # the 72x40 input after ImageScaleBy x2
+    assert before["boxes"] == python_boxes(80, 144, 64, 16) and before["drawn"] == 6
+    page.screenshot(path=str(screenshots / "regions_before_captioning.png"))
+
+    point = page.evaluate("(id) => window.cupscale.regionScreenPoint(id, 4)", captioner)
+    page.mouse.click(point["x"], point["y"])
+    assert "Not captioned yet" in page.locator(".cupscale-editor").inner_text()
+    page.click(".cupscale-editor [data-action=cancel]")
+
+    page.evaluate(f"() => {APP}.queuePrompt(0)")
+    page.wait_for_function(f"(id) => {APP}.graph.getNodeById(id).cupscaleResult", arg=captioner, timeout=120_000)
+    captioned = from_json(page.evaluate(f"(id) => {APP}.graph.getNodeById(id).cupscaleResult.region_prompts_json",
+                                        captioner))
+    show(page, captioner)
+    page.mouse.click(point["x"], point["y"])
+    editor = page.locator(".cupscale-editor")
+    assert editor.get_attribute("data-region") == "4"
+    assert editor.locator("textarea").input_value() == captioned.prompts[4]
+    page.screenshot(path=str(screenshots / "region_editor.png"))
+    editor.locator("textarea").fill("a red boat on the lake")
+    page.click(".cupscale-editor [data-action=save]")
+    assert page.locator(".cupscale-editor").count() == 0
+
+    edited = from_json(page.evaluate(f"""(id) => {APP}.graph.getNodeById(id).widgets
+        .find((w) => w.name === 'region_prompts_json').value""", captioner))
+    assert edited.prompts[4] == "a red boat on the lake"
+    assert edited.prompts[:4] + edited.prompts[5:] == captioned.prompts[:4] + captioned.prompts[5:]
+    assert edited.grid == captioned.grid == image_grid(80, 144, 64, 64, 16)
+
+    page.evaluate(f"(id) => {{ {APP}.graph.getNodeById(id).cupscaleResult = null; {APP}.queuePrompt(0) }}", captioner)
+    page.wait_for_function(f"(id) => {APP}.graph.getNodeById(id).cupscaleResult", arg=captioner, timeout=120_000)
+    rerun = page.evaluate(f"(id) => {APP}.graph.getNodeById(id).cupscaleResult.region_prompts_json", captioner)
+    assert from_json(rerun) == edited  # the server took the edited JSON instead of captioning again
+    show(page, captioner)
+    page.screenshot(path=str(screenshots / "region_prompts_after_edit.png"))
+
+    set_widgets(page, captioner, tile_width=72)  # the prompts no longer fit the regions: the editor says why
+    narrower = [pixel_box(b) for b in image_grid(80, 144, 64, 72, 16).boxes]
+    assert show(page, captioner)["boxes"] == narrower != python_boxes(80, 144, 64, 16)
+    page.mouse.click(point["x"], point["y"])
+    assert "region_prompts_json was made for a 144×80 px image with 64×64 px tiles (overlap 16)" in \
+        page.locator(".cupscale-editor").inner_text()
+    page.click(".cupscale-editor [data-action=cancel]")
