@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,9 +76,22 @@ class ComfyServer:
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
 
     def stop(self) -> None:
+        """Stop the server and unlink the pack, so deleting the base directory never follows the link."""
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+        shutil.rmtree(self.base / "custom_nodes", ignore_errors=True)
+
+    def __enter__(self) -> "ComfyServer":
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

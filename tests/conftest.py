@@ -41,3 +41,19 @@ def tiny(host):
 def pack_node(host):
     """Instantiate a node of this pack (or of the host) by its registered name."""
     return lambda name: host.NODE_CLASS_MAPPINGS[name]()
+
+
+@pytest.fixture
+def folders(host, tmp_path):
+    """The host's input, output and temp folders moved under tmp_path (in/, out/, temp/) for one test."""
+    import folder_paths
+    old = folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.get_temp_directory()
+    for name in ("in", "out", "temp"):
+        (tmp_path / name).mkdir()
+    folder_paths.set_input_directory(str(tmp_path / "in"))
+    folder_paths.set_output_directory(str(tmp_path / "out"))
+    folder_paths.set_temp_directory(str(tmp_path / "temp"))
+    yield tmp_path
+    folder_paths.set_input_directory(old[0])
+    folder_paths.set_output_directory(old[1])
+    folder_paths.set_temp_directory(old[2])

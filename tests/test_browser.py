@@ -12,11 +12,8 @@ fails, never skips, when they are missing.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
-from unittest import mock
 
 import pytest
 from PIL import Image
@@ -47,14 +44,8 @@ def server(tmp_path_factory):
     tiny_vlms.llava(base / "models" / "LLM" / "tiny-llava")
     (base / "user" / "default").mkdir(parents=True)
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):  # shared cores: no spinning thread pools
-        server = ComfyServer(base)
-    try:
-        server.wait_ready()
+    with ComfyServer(base) as server:  # its process runs with one thread, like the tests
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base / "custom_nodes", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

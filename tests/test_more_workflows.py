@@ -40,21 +40,6 @@ def model_files(host, tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def folders(host, tmp_path):
-    import folder_paths
-    old = folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.get_temp_directory()
-    for name in ("in", "out", "temp"):
-        (tmp_path / name).mkdir()
-    folder_paths.set_input_directory(str(tmp_path / "in"))
-    folder_paths.set_output_directory(str(tmp_path / "out"))
-    folder_paths.set_temp_directory(str(tmp_path / "temp"))
-    yield tmp_path
-    folder_paths.set_input_directory(old[0])
-    folder_paths.set_output_directory(old[1])
-    folder_paths.set_temp_directory(old[2])
-
-
 def saved(folders, history: dict, node: str, kind: str = "out") -> list[Image.Image]:
     return [Image.open(folders / kind / i["subfolder"] / i["filename"]) for i in history["outputs"][node]["images"]]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import sys
 
 import pytest
@@ -54,21 +53,6 @@ def models(model_root):
     for name in names:
         folder_paths.folder_names_and_paths[name][0].remove(str(model_root / name))
         folder_paths.filename_list_cache.pop(name, None)  # its check misses a removed folder
-
-
-@pytest.fixture
-def folders(host, tmp_path):
-    import folder_paths
-    old = folder_paths.get_input_directory(), folder_paths.get_output_directory(), folder_paths.get_temp_directory()
-    for name in ("in", "out", "temp"):
-        (tmp_path / name).mkdir()
-    folder_paths.set_input_directory(str(tmp_path / "in"))
-    folder_paths.set_output_directory(str(tmp_path / "out"))
-    folder_paths.set_temp_directory(str(tmp_path / "temp"))
-    yield tmp_path
-    folder_paths.set_input_directory(old[0])
-    folder_paths.set_output_directory(old[1])
-    folder_paths.set_temp_directory(old[2])
 
 
 def pack(host, node: str):
@@ -243,10 +227,9 @@ def test_the_three_workflows_run_through_a_real_comfyui_server(model_root, tmp_p
     (base / "models").mkdir(parents=True)
     for name in ("LLM", "xpsr"):
         (base / "models" / name).symlink_to(model_root / name, target_is_directory=True)
-    server = ComfyServer(base)
-    try:
-        Image.new("RGB", (48, 32), (200, 100, 50)).save(base / "input" / "input.png")
-        server.wait_ready()
+    (base / "input").mkdir()
+    Image.new("RGB", (48, 32), (200, 100, 50)).save(base / "input" / "input.png")
+    with ComfyServer(base) as server:
         prompts = {"27": cupscale_prompt(), "16": xpsr_prompt(), "24": zoomed_in_prompt()}  # by the final SaveImage
         assert {v["class_type"] for p in prompts.values() for v in p.values()} <= set(server.get("/object_info"))
         queued = {save: server.post("/prompt", {"prompt": p})["prompt_id"] for save, p in prompts.items()}
@@ -256,6 +239,3 @@ def test_the_three_workflows_run_through_a_real_comfyui_server(model_root, tmp_p
             (image,) = entry["outputs"][save]["images"]
             with Image.open(base / "output" / image["subfolder"] / image["filename"]) as im:
                 assert im.size == (192, 128)
-    finally:
-        server.stop()
-        shutil.rmtree(base / "custom_nodes", ignore_errors=True)

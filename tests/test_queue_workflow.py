@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import sys
-from unittest import mock
 
 import pytest
 import torch
@@ -33,14 +30,8 @@ def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy")
     (base / "models" / "liif").mkdir(parents=True)
     torch.save(tiny_liif.edsr_liif(seed=5), base / "models" / "liif" / "edsr-baseline-liif.pth")
-    with mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):  # shared cores: no spinning thread pools
-        server = ComfyServer(base)
-    try:
-        server.wait_ready()
+    with ComfyServer(base) as server:  # its process runs with one thread, like the tests
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base / "custom_nodes", ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 """The shipped workflow runs through ComfyUI's executor in-process and through a real server."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from PIL import Image
 
@@ -20,16 +18,9 @@ def fast_prompt(name="upscale_x4_two_stage.api.json", kind="sdxl"):
 
 
 @pytest.fixture
-def input_dir(host, tmp_path):
-    import folder_paths
-    old_in, old_out = folder_paths.get_input_directory(), folder_paths.get_output_directory()
-    (tmp_path / "in").mkdir()
-    Image.new("RGB", (32, 24), (120, 60, 200)).save(tmp_path / "in" / "input.png")
-    folder_paths.set_input_directory(str(tmp_path / "in"))
-    folder_paths.set_output_directory(str(tmp_path / "out"))
-    yield tmp_path
-    folder_paths.set_input_directory(old_in)
-    folder_paths.set_output_directory(old_out)
+def input_dir(folders):
+    Image.new("RGB", (32, 24), (120, 60, 200)).save(folders / "in" / "input.png")
+    return folders
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
@@ -65,18 +56,13 @@ def test_main_job_script_writes_the_upscaled_image(host, tmp_path):
 @pytest.mark.server
 def test_shipped_workflow_runs_through_a_real_comfyui_server(tmp_path):
     from harness.server import ComfyServer
-    server = ComfyServer(tmp_path / "comfy")
-    try:
-        Image.new("RGB", (32, 24), (200, 100, 50)).save(tmp_path / "comfy" / "input" / "input.png")
-        server.wait_ready()
+    (tmp_path / "comfy" / "input").mkdir(parents=True)
+    Image.new("RGB", (32, 24), (200, 100, 50)).save(tmp_path / "comfy" / "input" / "input.png")
+    with ComfyServer(tmp_path / "comfy") as server:
         assert "TiledBlendedDiffusion" in server.get("/object_info/TiledBlendedDiffusion")
         reply = server.post("/prompt", {"prompt": fast_prompt()})
         entry = server.wait_history(reply["prompt_id"])
         assert entry["status"]["status_str"] == "success", entry["status"]
         (image,) = entry["outputs"]["14"]["images"]
-        saved = tmp_path / "comfy" / "output" / image["subfolder"] / image["filename"]
-        with Image.open(saved) as im:
+        with Image.open(tmp_path / "comfy" / "output" / image["subfolder"] / image["filename"]) as im:
             assert im.size == (128, 96)
-    finally:
-        server.stop()
-        shutil.rmtree(tmp_path / "comfy" / "custom_nodes", ignore_errors=True)
