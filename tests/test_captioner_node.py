@@ -92,17 +92,21 @@ def assert_structure(prompts, grid_len=6):
     assert all(isinstance(p, str) and p.strip() for p in prompts.prompts)
 
 
-def test_local_llava_runs_in_a_graph_and_gives_one_prompt_per_region(llm_dir, host, from_json):
-    prompt = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": 1, "color": 0x336699}},
+def captioner_prompt(color: int, **inputs) -> dict:
+    """An API prompt: a plain W x H image -> MLLMRegionCaptioner (local backend, CPU) -> its JSON shown."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": 1, "color": color}},
         "2": {"class_type": "MLLMRegionCaptioner", "inputs": {
-            "image": ["1", 0], "backend": "local model", "local_model": "tiny-llava", "endpoint_url": "",
-            "endpoint_model": "", "tile_width": TILE, "tile_height": TILE, "overlap": OVERLAP,
-            "region_prompts": "description + tags", "xpsr_descriptions": True, "max_tokens": 6,
-            "on_region_failure": "use global prompt", "global_prompt": "a walled garden", "device": "cpu",
-            "batch_size": 4}},
+            "image": ["1", 0], "backend": "local model", "endpoint_url": "", "endpoint_model": "",
+            "tile_width": TILE, "tile_height": TILE, "overlap": OVERLAP, "device": "cpu", **inputs}},
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
     }
+
+
+def test_local_llava_runs_in_a_graph_and_gives_one_prompt_per_region(llm_dir, host, from_json):
+    prompt = captioner_prompt(0x336699, local_model="tiny-llava", region_prompts="description + tags",
+                              xpsr_descriptions=True, max_tokens=6, on_region_failure="use global prompt",
+                              global_prompt="a walled garden", batch_size=4)
     out = run_prompt(prompt)
     prompts = from_json(out["outputs"]["3"]["text"][0])
     assert_structure(prompts)
@@ -187,15 +191,8 @@ def test_bad_settings_are_named(llm_dir, captioner, kw, match):
 
 
 def test_bad_model_choice_fails_the_graph_with_the_message(llm_dir):
-    prompt = {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": W, "height": H, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "MLLMRegionCaptioner", "inputs": {
-            "image": ["1", 0], "backend": "local model", "local_model": "tiny-llama", "endpoint_url": "",
-            "endpoint_model": "", "tile_width": TILE, "tile_height": TILE, "overlap": OVERLAP,
-            "region_prompts": "description (C-Upscale)", "xpsr_descriptions": False, "max_tokens": 4,
-            "on_region_failure": "stop with an error", "device": "cpu"}},
-        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}},
-    }
+    prompt = captioner_prompt(0, local_model="tiny-llama", region_prompts="description (C-Upscale)",
+                              xpsr_descriptions=False, max_tokens=4, on_region_failure="stop with an error")
     with pytest.raises(PromptError, match="MLLMRegionCaptioner.*cannot look at images"):
         run_prompt(prompt)
 
