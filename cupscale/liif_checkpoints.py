@@ -14,7 +14,6 @@ Two layouts, read with ``torch.load(weights_only=True)`` or safetensors, never b
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .checkpoint_files import CheckpointError, is_safetensors, load_torch_file, unreadable
 from .liif import ImplicitImageFunction, LIIFHead
 from .liif_encoders import EDSR, RDN, DecoderTrunk, TrunkConfig, trunk_config_from_state_dict
 
@@ -41,30 +41,17 @@ IND_LAYOUT = (("features.", "decoder."), ("head.", "inr."))
 LIGHTNING_PREFIX = "decoder."  # FirstStageModel.decoder is the IND
 
 
-class CheckpointError(ValueError):
-    """A model file that is unreadable, of another kind, or inconsistent; the message says which."""
-
-
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, str]]:
     """The file's object and its safetensors metadata (empty for torch files)."""
     path = Path(path)
     try:
-        if path.suffix.lower() in (".safetensors", ".sft"):
+        if is_safetensors(path):
             with safetensors.safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
             return safetensors.torch.load_file(str(path)), metadata
-        return torch.load(str(path), map_location="cpu", weights_only=True), {}
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path.name} holds Python objects beyond tensors and plain containers, which are "
-                              f"not loaded for safety (weights_only=True): {first_line(e)}. Re-save its state dict "
-                              f"with torch.save or as safetensors.") from e
+        return load_torch_file(path), {}
     except Exception as e:  # torch and safetensors raise many types for a damaged file
-        raise CheckpointError(f"{path.name} could not be read ({type(e).__name__}: {first_line(e)}). The file is "
-                              f"damaged or incomplete (an interrupted download?): download or copy it again.") from e
-
-
-def first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:200]
+        raise unreadable(e, path) from e
 
 
 def guess_kind(sd: dict) -> str:

@@ -20,7 +20,6 @@ Attention per UNet output block at ``conditional_attention.I``.
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Callable, Iterable, Mapping
 import safetensors
 import torch
 
+from .checkpoint_files import CheckpointError, is_safetensors, load_torch_file, unreadable
 from .sfa import TransformerSpec
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
@@ -41,10 +41,6 @@ RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_
           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 RELEASE_HINT = ("XPSR's release (qyp2000/XPSR README, 'pretrained XPSR model') is a checkpoint folder with "
                 "controlnet/ and unet/ subfolders; copy it into models/xpsr.")
-
-
-class CheckpointError(ValueError):
-    """A file that is unreadable, of another kind, or does not fit; the message says which and what to do."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,7 @@ def read_tensors(path: Path, wanted: Callable[[str], bool], describe_as: str) ->
     fast with what it is. ``describe_as`` names the input for the messages.
     """
     try:
-        if path.suffix.lower() in (".safetensors", ".sft"):
+        if is_safetensors(path):
             with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
                 keys = list(f.keys())
                 check_kind(keys, path, describe_as)
@@ -157,31 +153,6 @@ def read_tensors(path: Path, wanted: Callable[[str], bool], describe_as: str) ->
                               f"{type(sd).__name__}); XPSR's parts are diffusers weight files.")
     check_kind(list(sd), path, describe_as)
     return {k: v for k, v in sd.items() if wanted(k)}
-
-
-def load_torch_file(path: Path):
-    """``torch.load`` with ``weights_only=True``, memory-mapped where the format allows (XPSR's UNet
-    file is 3.4 GB and only its Conditional Attention is kept)."""
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not the zip format mmap needs: load it plainly, for the true error if any
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-
-
-def unreadable(error: Exception, path: Path, describe_as: str) -> CheckpointError:
-    """Why a file could not be read, in the user's terms: unsafe objects, or damage."""
-    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
-        return CheckpointError(f"{describe_as}: {path.name} holds Python objects beyond tensors, which are not loaded "
-                               f"for safety (weights_only=True). Use the release's .safetensors, or re-save the "
-                               f"state dict.")
-    detail = "invalid pickle data" if isinstance(error, pickle.UnpicklingError) else first_line(error)
-    return CheckpointError(f"{describe_as}: {path.name} could not be read ({type(error).__name__}: {detail}). The file "
-                           f"is damaged or incomplete (an interrupted download?) or not a safetensors/torch file: "
-                           f"download or copy it again.")
-
-
-def first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def describe(keys: Iterable[str]) -> str:
