@@ -20,6 +20,7 @@ from ..cupscale.captioning import (CACHE, MODES, Captioner, CaptionRequest, Inst
                                    to_uint8_rgb)
 from ..cupscale.mllm_backends import DTYPES, LocalVLM, OpenAIEndpoint
 from ..cupscale.region_prompts import TYPE_NAME, from_json, to_json
+from .host_services import progress_reporter
 from .tiled_diffusion import check_tiling_inputs, tile_inputs
 
 LLM_FOLDER = "LLM"
@@ -59,15 +60,6 @@ def local_backend(local_model: str, hf_repo_id: str, device: str, dtype: str, ba
         cache_dir = os.path.join(folder_paths.get_folder_paths(LLM_FOLDER)[0], ".hf_cache")
         return LocalVLM(hf_repo_id.strip(), torch_device, dtype, batch_size, allow_download, cache_dir)
     return LocalVLM(model_path(local_model), torch_device, dtype, batch_size)
-
-
-def progress_reporter():
-    bar = comfy.utils.ProgressBar(1)
-
-    def report(done: int, total: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, max(total, 1))
-    return report
 
 
 def save_preview(image: torch.Tensor) -> dict:

@@ -7,7 +7,6 @@ Loaders read the official layouts from two model folders registered with ComfyUI
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -17,18 +16,12 @@ import folder_paths
 
 from ..cupscale import liif
 from ..cupscale.liif_checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
+from .host_services import progress_reporter, register_model_folder
 
 LIIF_FOLDER = "liif"
 DECODER_FOLDER = "implicit_decoders"
 CATEGORY = "cupscale/upscaling"
 MAX_SIDE = liif.MAX_OUTPUT_SIDE
-
-
-def register_model_folder(name: str) -> None:
-    """``models/<name>`` for model files, unless extra_model_paths.yaml already configured it."""
-    if name not in folder_paths.folder_names_and_paths:
-        folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)],
-                                                     folder_paths.supported_pt_extensions)
 
 
 register_model_folder(LIIF_FOLDER)
@@ -43,12 +36,7 @@ def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tu
                       device=comfy.model_management.intermediate_device())
     needed = comfy.model_management.module_size(model) + liif.working_bytes(model, x, tile)
     comfy.model_management.free_memory(needed, device)
-    bar = comfy.utils.ProgressBar(1)
-
-    def progress(done: int, total: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        bar.update_absolute(done, total)
-
+    progress = progress_reporter()
     model.to(device)
     try:
         with torch.inference_mode():

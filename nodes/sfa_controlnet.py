@@ -33,7 +33,7 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..cupscale.sfa import SemanticFusionAttention, Transformer2D, conditional_attention, low_level_batch
 from ..cupscale.xpsr_checkpoint import XPSRArchitecture, XPSRWeights, check_layout, load_xpsr
-from .implicit_decoding import register_model_folder
+from .host_services import register_model_folder
 
 XPSR_FOLDER = "xpsr"
 CATEGORY = "cupscale/xpsr"
