@@ -10,13 +10,15 @@ from __future__ import annotations
 import torch
 
 from .lowpass import gaussian_lowpass
+from .structure import align_low_frequencies
 
 
 def pinned_background(denoised: torch.Tensor, source: torch.Tensor, lowpass_sigma: float) -> torch.Tensor:
     """What the background is pinned to: the source, or LP(source) + HP(denoised)."""
     if lowpass_sigma <= 0:
         return source
-    return gaussian_lowpass(source, lowpass_sigma) + denoised - gaussian_lowpass(denoised, lowpass_sigma)
+    # The Global Structure Prior's alignment at full weight, with the source as the reference.
+    return align_low_frequencies(denoised, gaussian_lowpass(source, lowpass_sigma), 1.0, "gaussian", lowpass_sigma)
 
 
 def blend(inside: torch.Tensor, outside: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
