@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 
 import tiny_vlms
+from host_helpers import pack_module
 from cupscale.captioning import XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL
 from harness.comfy_host import PromptError, run_prompt
 
@@ -34,25 +34,21 @@ def llm_dir(host, tmp_path_factory):
     return root
 
 
-def pack_module(host, name):
-    """The pack's own module as ComfyUI loaded it (its classes differ from the tests' ``cupscale.*``)."""
-    root = host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"].__module__.rsplit(".nodes.", 1)[0]
-    return sys.modules[f"{root}.cupscale.{name}"]
 
 
 @pytest.fixture
 def backends(host):
-    return pack_module(host, "mllm_backends")
+    return pack_module(host, "cupscale.mllm_backends")
 
 
 @pytest.fixture
 def from_json(host):
-    return pack_module(host, "region_prompts").from_json
+    return pack_module(host, "cupscale.region_prompts").from_json
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache(host, backends):
-    pack_module(host, "captioning").CACHE.clear()
+    pack_module(host, "cupscale.captioning").CACHE.clear()
     backends._parked.clear()
     yield
     backends._parked.clear()

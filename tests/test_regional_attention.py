@@ -9,6 +9,7 @@ import torch
 from cupscale.grid import region_grid
 from cupscale.region_prompts import RegionPrompts, to_json
 from harness.comfy_host import run_prompt
+from host_helpers import sample, smooth_latent
 
 GLOBAL = "a red barn in a field of sunflowers"
 NEGATIVE = "blurry, low quality"
@@ -17,16 +18,8 @@ TILE, OVERLAP = 192, 32
 GRID = region_grid(H, W, TILE // 8, TILE // 8, OVERLAP // 8)
 
 
-def smooth_latent(h, w, batch=1):
-    yy, xx = torch.meshgrid(torch.linspace(0, 3.1, h), torch.linspace(0, 2.3, w), indexing="ij")
-    return torch.stack([torch.sin(yy + c) * torch.cos(xx - c) for c in range(4)]).expand(batch, 4, h, w).clone()
 
 
-def sample(model, latent, pos, neg, steps=3, denoise=0.6, sampler="euler", seed=0):
-    import comfy.sample
-    noise = comfy.sample.prepare_noise(latent, seed)
-    return comfy.sample.sample(model, noise, steps, 5.0, sampler, "normal", pos, neg, latent, denoise=denoise,
-                               seed=seed, disable_pbar=True)
 
 
 def as_tuple(box):
@@ -112,16 +105,16 @@ def test_weight_zero_with_the_global_prompt_for_every_region_equals_tiled_diffus
     latent = torch.nn.functional.interpolate(low, size=(H, W), mode="bilinear")
     tiled = nodes_.tiled(model)
     prior = nodes_.prior(tiled, low, pos)
-    alone = sample(tiled, latent, pos, neg)
-    composed = sample(nodes_.composer(prior, 0.0, text=GLOBAL), latent, pos, neg)
+    alone = sample(tiled, latent, pos, neg, steps=3)
+    composed = sample(nodes_.composer(prior, 0.0, text=GLOBAL), latent, pos, neg, steps=3)
     assert (composed - alone).abs().max() <= 1e-5
     # At w = 0 the maps would go unused, so no capture pass runs.
     assert len(spy["captures"]) == 0
     # Not vacuous: on its own (w = 1) the prior captures every step and changes the result, and so does
     # another region prompt at w = 0.
-    assert (sample(prior, latent, pos, neg) - alone).abs().max() > 1e-3
+    assert (sample(prior, latent, pos, neg, steps=3) - alone).abs().max() > 1e-3
     assert len(spy["captures"]) == 3
-    assert (sample(nodes_.composer(prior, 0.0, text="a blue car"), latent, pos, neg) - alone).abs().max() > 1e-3
+    assert (sample(nodes_.composer(prior, 0.0, text="a blue car"), latent, pos, neg, steps=3) - alone).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])

@@ -9,6 +9,7 @@ import torch
 
 from cupscale.repaint import (forward_steps, jump_schedule, monotone_runs, renoise_flow, renoise_ve,
                               sample_repaint)
+from host_helpers import smooth_latent
 
 SIGMAS = torch.tensor([14.6, 8.0, 4.4, 2.3, 1.2, 0.6, 0.3, 0.1, 0.0])
 
@@ -139,10 +140,6 @@ def test_a_sampler_that_resizes_the_latent_is_refused():
 
 # --- the SAMPLER in the host -------------------------------------------------------------------
 
-def smooth_latent(h=16, w=16):
-    yy, xx = torch.meshgrid(torch.linspace(0, 3.1, h), torch.linspace(0, 2.3, w), indexing="ij")
-    return torch.stack([torch.sin(yy + c) * torch.cos(xx - c) for c in range(4)])[None]
-
 
 def box_mask(h=16, w=16):
     mask = torch.zeros(1, h, w)
@@ -179,7 +176,7 @@ def test_one_resample_equals_the_wrapped_sampler(host, setup, name):
     model, pos, neg = setup
     sampler, inner = repaint_sampler(host, name, jump=2, resample=1)
     sigmas = sigmas_for(host, model, steps=5)
-    latent = {"samples": smooth_latent()}
+    latent = {"samples": smooth_latent(16, 16)}
     plain = sample_custom(host, model, pos, neg, inner, sigmas, latent)
     repainted = sample_custom(host, model, pos, neg, sampler, sigmas, latent)
     assert (repainted - plain).abs().max() <= 1e-5
@@ -206,7 +203,7 @@ def test_model_runs_once_per_forward_step_of_repaints_schedule(host, setup, name
     sampler, _ = repaint_sampler(host, name, jump, resample)
     sigmas = sigmas_for(host, model, steps, denoise)
     progress = []
-    out = sample_custom(host, counted, pos, neg, sampler, sigmas, {"samples": smooth_latent()},
+    out = sample_custom(host, counted, pos, neg, sampler, sigmas, {"samples": smooth_latent(16, 16)},
                         callback=lambda i, x0, x, total: progress.append((i, total)))
     expected = forward_sigmas(repaint_times(steps, jump, resample), sigmas)
     assert seen == pytest.approx(expected, rel=1e-5)
@@ -217,7 +214,7 @@ def test_model_runs_once_per_forward_step_of_repaints_schedule(host, setup, name
 def test_resampling_changes_the_result(host, setup):
     model, pos, neg = setup
     sigmas = sigmas_for(host, model, 6)
-    latent = {"samples": smooth_latent()}
+    latent = {"samples": smooth_latent(16, 16)}
     once = sample_custom(host, model, pos, neg, repaint_sampler(host, resample=1)[0], sigmas, latent)
     thrice = sample_custom(host, model, pos, neg, repaint_sampler(host, resample=3)[0], sigmas, latent)
     assert (once - thrice).abs().max() > 1e-2
@@ -233,7 +230,7 @@ def test_noise_mask_keeps_the_source_outside(host, setup, flow):
     model, pos, neg = setup
     if flow:
         model = host.NODE_CLASS_MAPPINGS["ModelSamplingSD3"]().patch(model, 3.0)[0]
-    source = smooth_latent()
+    source = smooth_latent(16, 16)
     latent = host.NODE_CLASS_MAPPINGS["SetLatentNoiseMask"]().set_mask({"samples": source}, box_mask())[0]
     sampler, _ = repaint_sampler(host, "euler_ancestral", jump=2, resample=3)
     out = sample_custom(host, model, pos, neg, sampler, sigmas_for(host, model, 6, 0.7), latent)
@@ -245,7 +242,7 @@ def test_tiled_blended_mask_keeps_the_source_outside(host, setup):
     model, pos, neg = setup
     mask = box_mask()
     tiled = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().patch(model, 64, 64, 16, 9, mask=mask)[0]
-    source = smooth_latent()
+    source = smooth_latent(16, 16)
     sampler, _ = repaint_sampler(host, "dpmpp_2m", jump=2, resample=3)
     out = sample_custom(host, tiled, pos, neg, sampler, sigmas_for(host, model, 6, 0.7), {"samples": source})
     outside, inside = outside_and_inside(out, source, mask)
@@ -257,7 +254,7 @@ def test_tiled_blended_lowpass_background_keeps_its_low_frequencies(host, setup)
     model, pos, neg = setup
     mask = box_mask()
     node = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]()
-    source = smooth_latent()
+    source = smooth_latent(16, 16)
     sampler, _ = repaint_sampler(host, "euler", jump=2, resample=3)
     sigmas = sigmas_for(host, model, 6, 0.7)
     pinned = sample_custom(host, node.patch(model, 64, 64, 16, 9, mask=mask, background_lowpass=2.0)[0],
@@ -280,7 +277,7 @@ def test_interrupt_stops_between_runs(host, setup):
             comfy.model_management.interrupt_current_processing(True)
 
     with pytest.raises(comfy.model_management.InterruptProcessingException):
-        sample_custom(host, counted, pos, neg, sampler, sigmas_for(host, model, 6), {"samples": smooth_latent()},
+        sample_custom(host, counted, pos, neg, sampler, sigmas_for(host, model, 6), {"samples": smooth_latent(16, 16)},
                       callback=interrupt)
     assert len(seen) == 3
     assert not comfy.model_management.processing_interrupted()
@@ -301,10 +298,10 @@ def test_bad_node_inputs_are_named(host, setup):
         node.wrap(comfy.samplers.Sampler(), 1, 2)
     with pytest.raises(ValueError, match="jump_length = 6 must be smaller than the number of steps being sampled"):
         sample_custom(host, model, pos, neg, node.wrap(euler, 6, 2)[0], sigmas_for(host, model, 6),
-                      {"samples": smooth_latent()})
+                      {"samples": smooth_latent(16, 16)})
     with pytest.raises(ValueError, match="sigmas: RePaint needs a descending schedule"):
         sample_custom(host, model, pos, neg, node.wrap(euler, 1, 2)[0], torch.tensor([3.0, 1.0, 2.0, 0.0]),
-                      {"samples": smooth_latent()})
+                      {"samples": smooth_latent(16, 16)})
 
 
 def test_renoising_follows_the_model_parametrisation(host, setup):
@@ -322,7 +319,7 @@ def test_renoising_follows_the_model_parametrisation(host, setup):
 def test_samplercustomadvanced_with_a_noise_mask(host, setup):
     model, pos, neg = setup
     get = host.NODE_CLASS_MAPPINGS
-    source = smooth_latent()
+    source = smooth_latent(16, 16)
     latent = get["SetLatentNoiseMask"]().set_mask({"samples": source}, box_mask())[0]
     guider = get["CFGGuider"]().get_guider(model, pos, neg, 4.0)[0]
     sampler, _ = repaint_sampler(host, "dpmpp_2s_ancestral", jump=1, resample=2)

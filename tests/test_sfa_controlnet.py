@@ -6,7 +6,6 @@ models/xpsr/controlnet.py, unet_2d_blocks.py) at the tiny SD1.5 model's channel 
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from cupscale.sfa import SemanticFusionAttention, TransformerSpec
 from harness.comfy_host import PromptError, run_prompt
 from harness.test_nodes import CAPTURED
+from host_helpers import pack_module, smooth_latent
 from tiny_xpsr import CONTEXT, CONTROLNET, HEADS, UNET, controlnet_shapes, conv, release, save, seeded, transformer
 
 STEPS = 3
@@ -43,10 +43,6 @@ def loaded(host, xpsr_dir):
                        "ckpt-st/unet/diffusion_pytorch_model.safetensors")[0]
 
 
-def pack_module(host, name: str):
-    """The pack's module as ComfyUI loaded it (its classes differ from the tests' ``cupscale.*``)."""
-    root = host.NODE_CLASS_MAPPINGS["SFAControlNetLoader"].__module__.rsplit(".nodes.", 1)[0]
-    return sys.modules[f"{root}.{name}"]
 
 
 # -- Eq. 2 from the paper, independently ---------------------------------------------------------
@@ -163,9 +159,6 @@ def test_standard_parts_are_named_as_comfyui_names_the_sd_unet(host, xpsr_dir):
 
 # -- sampling -------------------------------------------------------------------------------------
 
-def smooth_latent(h, w):
-    yy, xx = torch.meshgrid(torch.linspace(0, 3.1, h), torch.linspace(0, 2.3, w), indexing="ij")
-    return torch.stack([torch.sin(yy + c) * torch.cos(xx - c) for c in range(4)])[None]
 
 
 def lr_image(h, w, seed=5):

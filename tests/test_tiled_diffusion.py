@@ -8,21 +8,13 @@ import torch
 
 from cupscale.grid import region_grid
 from cupscale.lowpass import gaussian_lowpass
+from host_helpers import sample, smooth_latent
 
 STEPS = 4
 
 
-def sample(model, latent, pos, neg, sampler="euler", denoise=0.6, seed=0, steps=STEPS, disable_pbar=True):
-    import comfy.sample
-    noise = comfy.sample.prepare_noise(latent, seed)
-    return comfy.sample.sample(model, noise, steps, 5.0, sampler, "normal", pos, neg, latent,
-                               denoise=denoise, seed=seed, disable_pbar=disable_pbar)
 
 
-def smooth_latent(h, w, batch=1):
-    yy, xx = torch.meshgrid(torch.linspace(0, 3.1, h), torch.linspace(0, 2.3, w), indexing="ij")
-    base = torch.stack([torch.sin(yy + c) * torch.cos(xx - c) for c in range(4)])
-    return base.expand(batch, 4, h, w).clone()
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +29,8 @@ def test_one_tile_covering_the_latent_equals_plain_sampling(tiny, tiled, kind, s
     model = tiny.tiny_model(kind)
     latent = smooth_latent(40, 48)
     pos, neg = tiny.conditioning(kind, 1), tiny.conditioning(kind, 2)
-    plain = sample(model, latent, pos, neg, sampler)
-    one = sample(tiled(model, tile=512, overlap=64), latent, pos, neg, sampler)
+    plain = sample(model, latent, pos, neg, sampler=sampler)
+    one = sample(tiled(model, tile=512, overlap=64), latent, pos, neg, sampler=sampler)
     assert (one - plain).abs().max() <= 1e-5
 
 
@@ -242,7 +234,7 @@ def test_progress_counts_tiles_times_steps_and_interrupt_stops_within_a_step(hos
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: reports.append((value, total)))
     try:
         sample(tiled(model, per_batch=1), smooth_latent(48, 64), tiny.conditioning("sd15", 1),
-               tiny.conditioning("sd15", 2), disable_pbar=False)
+               tiny.conditioning("sd15", 2), steps=STEPS, disable_pbar=False)
         assert reports[-1] == (STEPS * len(grid), STEPS * len(grid))
         assert [v for v, _ in reports] == sorted(v for v, _ in reports)
 
@@ -254,7 +246,7 @@ def test_progress_counts_tiles_times_steps_and_interrupt_stops_within_a_step(hos
         comfy.utils.set_progress_bar_global_hook(interrupt_after_first_report)
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             sample(tiled(model, per_batch=1), smooth_latent(48, 64), tiny.conditioning("sd15", 1),
-                   tiny.conditioning("sd15", 2), disable_pbar=False)
+                   tiny.conditioning("sd15", 2), steps=STEPS, disable_pbar=False)
         assert calls == [1]  # stopped before the second tile of the first step
     finally:
         comfy.model_management.interrupt_current_processing(False)

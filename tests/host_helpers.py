@@ -1,0 +1,29 @@
+"""What several host tests share: a smooth test latent, one sampling call, the pack's own modules."""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+
+def smooth_latent(h: int, w: int, batch: int = 1) -> torch.Tensor:
+    """A smooth 4-channel latent (products of sines), the same picture for every batch item."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 3.1, h), torch.linspace(0, 2.3, w), indexing="ij")
+    base = torch.stack([torch.sin(yy + c) * torch.cos(xx - c) for c in range(4)])
+    return base.expand(batch, 4, h, w).clone()
+
+
+def sample(model, latent, pos, neg, steps: int = 4, denoise: float = 0.6, sampler: str = "euler", seed: int = 0,
+           disable_pbar: bool = True) -> torch.Tensor:
+    """comfy.sample.sample with the tests' settings: CFG 5, the normal scheduler, noise from ``seed``."""
+    import comfy.sample
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model, noise, steps, 5.0, sampler, "normal", pos, neg, latent,
+                               denoise=denoise, seed=seed, disable_pbar=disable_pbar)
+
+
+def pack_module(host, dotted: str):
+    """The pack's module ``dotted`` (e.g. "cupscale.captioning") as ComfyUI loaded it: the pack lives
+    under a module name made from its path, so its classes differ from the tests' ``cupscale.*``."""
+    root = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"].__module__.rsplit(".nodes.", 1)[0]
+    return sys.modules[f"{root}.{dotted}"]
