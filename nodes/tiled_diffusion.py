@@ -111,10 +111,15 @@ class TiledDiffusion:
         self.lowpass_sigma = lowpass_sigma
         self.grids: dict[tuple[int, int], tuple[RegionGrid, torch.Tensor]] = {}
 
-    def grid(self, hw: tuple[int, int]) -> tuple[RegionGrid, torch.Tensor]:
+    def grid(self, hw: tuple[int, int], like: torch.Tensor | None = None) -> tuple[RegionGrid, torch.Tensor]:
+        """The grid for a latent of ``hw`` and its feather weights, kept on ``like``'s device and dtype
+        once moved there, so no step copies them again."""
         if hw not in self.grids:
             grid = region_grid(hw[0], hw[1], self.tile_height, self.tile_width, self.overlap)
             self.grids[hw] = (grid, tile_weights(grid))
+        grid, weights = self.grids[hw]
+        if like is not None and (weights.device, weights.dtype) != (like.device, like.dtype):
+            self.grids[hw] = grid, weights.to(like)
         return self.grids[hw]
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
@@ -146,7 +151,7 @@ class TiledDiffusion:
         return out
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        grid, weights = self.grid(tuple(x.shape[-2:]))
+        grid, weights = self.grid(tuple(x.shape[-2:]), x)
         if len(grid) == 1:
             if isinstance(control, ControlRequest):
                 control = control.evaluate(x, t, control.cond, transformer_options)
