@@ -36,8 +36,8 @@ def edsr_baseline_liif(seed: int = 0):
     """EDSR-baseline-LIIF as released (16 blocks, 64 features, MLP [256] * 4), seeded weights."""
     import torch
 
-    from cupscale.liif import ImplicitImageFunction, LIIFHead
-    from cupscale.liif_encoders import EDSR
+    from cupscale.liif.model import ImplicitImageFunction, LIIFHead
+    from cupscale.liif.encoders import EDSR
     torch.manual_seed(seed)
     encoder = EDSR(n_resblocks=16, n_feats=64)
     return ImplicitImageFunction(encoder, LIIFHead(64, [256] * 4), encoder.receptive_radius).eval()
@@ -48,7 +48,7 @@ def run_case(method: str, size: int, out: int, threads: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from cupscale import liif
+    from cupscale.liif import model as liif
     torch.set_num_threads(threads)
     image = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(0))
     model = edsr_baseline_liif() if method == "liif" else None

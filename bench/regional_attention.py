@@ -26,8 +26,8 @@ comfy_host.boot()
 
 import comfy.sample  # noqa: E402
 import nodes  # noqa: E402
-from cupscale.attention_prior import capture_bytes  # noqa: E402
-from cupscale.grid import region_grid  # noqa: E402
+from cupscale.priors.attention_prior import capture_bytes  # noqa: E402
+from cupscale.tiling.grid import region_grid  # noqa: E402
 from harness import tiny_models  # noqa: E402
 from harness.unet_layouts import meta_unet  # noqa: E402
 

@@ -23,7 +23,7 @@ comfy_host.boot()
 
 import comfy.sample  # noqa: E402
 import nodes  # noqa: E402
-from cupscale.structure import lowfreq_error, reference_at, working_band  # noqa: E402
+from cupscale.priors.structure import lowfreq_error, reference_at, working_band  # noqa: E402
 from harness import tiny_models  # noqa: E402
 
 REF, WORK, STEPS = 16, 40, 8

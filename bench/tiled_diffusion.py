@@ -94,7 +94,7 @@ def memory_child(size: int) -> None:
 
 
 def main():
-    from cupscale.grid import region_grid
+    from cupscale.tiling.grid import region_grid
     ext, node, tiny = setup()
     model = tiny.tiny_model("sd15")
     run(model, 64, node, ext, tiny, per_batch=4)  # warm-up

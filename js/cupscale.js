@@ -2,7 +2,7 @@
 // TiledBlendedDiffusion, and an editor for each region's prompt.
 //
 // Both nodes get a "regions" panel (a widget that is never saved or sent) showing their image with
-// the grid of js/grid.js, the exact port of cupscale/grid.py. The image and its size are found by
+// the grid of js/grid.js, the exact port of cupscale/tiling/grid.py. The image and its size are found by
 // following the links upstream (sizes.js); the captioner prefers the preview its last run sent
 // (ui.cupscale_regions). TiledBlendedDiffusion has no image of its own: its panel follows its MODEL
 // to the samplers it drives, and each sampler's latent back to an image, one stage per sampler
@@ -17,7 +17,7 @@ const CAPTIONER = 'MLLMRegionCaptioner'
 const TILED = 'TiledBlendedDiffusion'
 const PANEL = 'cupscale_regions'
 const JSON_WIDGET = 'region_prompts_json'
-const JSON_FORMAT = 'cupscale.region_prompts/1' // cupscale/region_prompts.py JSON_FORMAT
+const JSON_FORMAT = 'cupscale.region_prompts/1' // cupscale/captioning/region_prompts.py JSON_FORMAT
 const PANEL_HEIGHT = 220 // fixed, so a node's size (and a workflow's layout) does not depend on its image
 const LABEL_HEIGHT = 20
 const MARGIN = 10
@@ -35,7 +35,7 @@ function tileSettings(node) {
 
 /**
  * The captioner's region prompts: the widget's JSON when set, else the last run's; with the grid
- * they were made for. Checked as cupscale/region_prompts.py from_json checks them, so that the
+ * they were made for. Checked as cupscale/captioning/region_prompts.py from_json checks them, so that the
  * editor never writes JSON the node would refuse.
  */
 function regionDocument(node) {

@@ -1,9 +1,9 @@
-// The region grid of cupscale/grid.py, ported line for line so that the overlay in the graph shows
+// The region grid of cupscale/tiling/grid.py, ported line for line so that the overlay in the graph shows
 // exactly the tiles TiledBlendedDiffusion runs and the regions MLLMRegionCaptioner captions.
 // tests/test_browser.py checks this file against the Python on many sizes. Pure functions: no
 // ComfyUI import, so it also runs outside the page.
 
-export const PIXELS_PER_CELL = 8 // cupscale/region_prompts.py PIXELS_PER_CELL
+export const PIXELS_PER_CELL = 8 // cupscale/captioning/region_prompts.py PIXELS_PER_CELL
 
 /** Python's round(): halves go to the even neighbour (JavaScript's Math.round sends them up). */
 export function roundHalfEven(x) {

@@ -1,6 +1,6 @@
 """MLLMRegionCaptioner: a prompt per region from a multimodal LLM, local or over an endpoint.
 
-The core (cupscale.captioning, cupscale.mllm_backends, cupscale.region_prompts) does the work; this
+The core (cupscale.captioning.captioner, cupscale.captioning.backends, cupscale.captioning.region_prompts) does the work; this
 shell registers models/LLM with ComfyUI, turns widgets into a request and reports progress.
 """
 from __future__ import annotations
@@ -15,11 +15,11 @@ import comfy.utils
 import folder_paths
 from PIL import Image
 
-from ..cupscale import captioning
-from ..cupscale.captioning import (CACHE, MODES, Captioner, CaptionRequest, Instructions, caption_image, image_grid,
+from ..cupscale.captioning import captioner as captioning
+from ..cupscale.captioning.captioner import (CACHE, MODES, Captioner, CaptionRequest, Instructions, caption_image, image_grid,
                                    to_uint8_rgb)
-from ..cupscale.mllm_backends import DTYPES, LocalVLM, OpenAIEndpoint
-from ..cupscale.region_prompts import TYPE_NAME, from_json, to_json
+from ..cupscale.captioning.backends import DTYPES, LocalVLM, OpenAIEndpoint
+from ..cupscale.captioning.region_prompts import TYPE_NAME, from_json, to_json
 from .host_services import progress_reporter
 from .tiled_diffusion import check_tiling_inputs, tile_inputs
 

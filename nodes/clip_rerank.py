@@ -1,4 +1,4 @@
-"""CLIPRerank: keep the candidates that match the prompt best (core: cupscale.rerank).
+"""CLIPRerank: keep the candidates that match the prompt best (core: cupscale.editing.rerank).
 
 Multi-Stage Blended Diffusion's first stage makes a batch of edits and carries the best one by CLIP
 similarity into the upscaling stages (seed 002). The CLIP model is a transformers folder in
@@ -16,7 +16,7 @@ import torch
 import comfy.model_management
 import folder_paths
 
-from ..cupscale.rerank import best_k, clip_scores
+from ..cupscale.editing.rerank import best_k, clip_scores
 
 CLIP_FOLDER = "clip_rerank"
 NO_MODEL = "(no model folder in models/clip_rerank)"

@@ -11,7 +11,7 @@ import torch
 
 import comfy.utils
 
-from ..cupscale.grid import Box
+from ..cupscale.tiling.grid import Box
 
 
 class DeferredControl:

@@ -3,7 +3,7 @@
 Loaders read the official layouts from two model folders registered with ComfyUI:
 ``models/liif`` (LIIF's released EDSR-baseline-LIIF / RDN-LIIF) and ``models/implicit_decoders``
 (seed 003 first-stage decoders, e.g. from ``train/train_implicit_decoder.py``). The maths is in
-``cupscale.liif``; checkpoint layouts and their checks in ``cupscale.liif_checkpoints``.
+``cupscale.liif.model``; checkpoint layouts and their checks in ``cupscale.liif.checkpoints``.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
-from ..cupscale import liif
-from ..cupscale.liif_checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
+from ..cupscale.liif import model as liif
+from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
 from .host_services import progress_reporter, register_model_folder
 
 LIIF_FOLDER = "liif"

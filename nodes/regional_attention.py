@@ -1,6 +1,6 @@
 """RegionalAttentionPrior and AttentionComposer: C-Upscale's regional priors (seed 000, Figs. 3-4) as attn2 patches.
 
-Core maths: cupscale.attention_prior (RAP: capture, reading the maps at a tile) and cupscale.attention_composer
+Core maths: cupscale.priors.attention_prior (RAP: capture, reading the maps at a tile) and cupscale.priors.composer
 (AC). How the pieces meet at every sampling step:
 - RegionalAttentionPrior puts one RegionalAttention patch on each chosen cross-attention layer
   (attn2_replace) of a clone. Its CALC_COND_BATCH wrapper, once per distinct σ in the step range, runs the
@@ -28,11 +28,12 @@ import comfy.sampler_helpers
 import comfy.samplers
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
 
-from ..cupscale.attention_composer import RegionTexts, compose, from_region_prompts, parse_region_text
-from ..cupscale.attention_prior import CapturedAttention, attend_with, capture_attention, region_prior
-from ..cupscale.grid import RegionGrid, region_grid
-from ..cupscale.region_prompts import TYPE_NAME as REGION_PROMPTS
-from ..cupscale.structure import check_same_aspect, schedule_progress
+from ..cupscale.priors.composer import RegionTexts, compose, from_region_prompts, parse_region_text
+from ..cupscale.priors.attention_prior import CapturedAttention, attend_with, capture_attention, region_prior
+from ..cupscale.tiling.grid import RegionGrid, region_grid
+from ..cupscale.captioning.region_prompts import TYPE_NAME as REGION_PROMPTS
+from ..cupscale.priors.structure import check_same_aspect
+from ..cupscale.schedule import schedule_progress
 from .tiled_diffusion import TILES_KEY
 
 PRIOR_KEY = "cupscale_attention_prior"

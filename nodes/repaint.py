@@ -1,4 +1,4 @@
-"""RePaintSampler: SAMPLER -> SAMPLER that walks RePaint's zigzag schedule (core: cupscale.repaint).
+"""RePaintSampler: SAMPLER -> SAMPLER that walks RePaint's zigzag schedule (core: cupscale.editing.repaint).
 
 The wrapped k-diffusion sampler runs each downhill stretch of the schedule as its own call, inside
 one KSAMPLER, so ComfyUI's inpaint blending (the latent's noise mask, KSamplerX0Inpaint) and the
@@ -13,7 +13,7 @@ import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
 
-from ..cupscale import repaint
+from ..cupscale.editing import repaint
 
 # These two choose their own steps between the first and last sigma, so they cannot follow a zigzag.
 OWN_STEP_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dpm_adaptive"}

@@ -1,7 +1,7 @@
 """XPSR (seed 004) in ComfyUI: its Semantic-Fusion Attention ControlNet and the UNet's Conditional Attention.
 
-- SFAControlNetLoader reads the released weights (``cupscale.xpsr_checkpoint``) into ComfyUI's
-  ControlNet with :class:`cupscale.sfa.SemanticFusionAttention` in place of each cross-attention;
+- SFAControlNetLoader reads the released weights (``cupscale.xpsr.checkpoint``) into ComfyUI's
+  ControlNet with :class:`cupscale.xpsr.sfa.SemanticFusionAttention` in place of each cross-attention;
   the UNet's added Conditional Attention layers travel with it.
 - SFAControlNetApply attaches the control to the high-level CONDITIONING pair, with the low-level
   CONDITIONING and the LR image, and returns a MODEL clone whose output blocks run the Conditional
@@ -31,8 +31,8 @@ import folder_paths
 from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock, TimestepEmbedSequential, Upsample
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
-from ..cupscale.sfa import SemanticFusionAttention, Transformer2D, conditional_attention, low_level_batch
-from ..cupscale.xpsr_checkpoint import XPSRArchitecture, XPSRWeights, check_layout, load_xpsr
+from ..cupscale.xpsr.sfa import SemanticFusionAttention, Transformer2D, conditional_attention, low_level_batch
+from ..cupscale.xpsr.checkpoint import XPSRArchitecture, XPSRWeights, check_layout, load_xpsr
 from .host_services import register_model_folder
 
 XPSR_FOLDER = "xpsr"

@@ -1,4 +1,4 @@
-"""LowFreqStructureGuide: C-Upscale's Global Structure Prior as a post-CFG patch (core: cupscale.structure).
+"""LowFreqStructureGuide: C-Upscale's Global Structure Prior as a post-CFG patch (core: cupscale.priors.structure).
 
 The patch runs on the denoised estimate after CFG (``sampler_post_cfg_function``), i.e. after
 TiledBlendedDiffusion has merged its tiles whatever the order the two patches were chained in, and
@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 
 import comfy.patcher_extension
+from comfy_api.latest import io
 
-from ..cupscale.lowpass import lowpass
-from ..cupscale.structure import (DECAY_SHAPES, align_low_frequencies, reference_at, reference_for_batch,
-                                  schedule_progress, step_weight, upscale_factor, working_band)
+from ..cupscale.priors.structure import DECAY_SHAPES, reference_at, reference_for_batch, step_weight, upscale_factor, working_band
+from ..cupscale.schedule import check_percent_range, schedule_progress
+from ..cupscale.tiling.lowpass import align_low_frequencies, lowpass
+from .inputs import percent_range_inputs, widget_names
 
 
 class StructureGuide:
@@ -64,52 +66,52 @@ def check_reference(samples: torch.Tensor, channels: int) -> None:
                          f"encode the low-resolution image with this model's VAE.")
 
 
-class LowFreqStructureGuide:
+class LowFreqStructureGuide(io.ComfyNode):
     """MODEL -> MODEL whose denoised estimate keeps the low frequencies of a low-resolution latent."""
 
-    CATEGORY = "cupscale"
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL",)
-    DESCRIPTION = ("Global Structure Prior (C-Upscale): at every step in the chosen range, the low-frequency band "
-                   "of the denoised latent is pulled toward that of the reference (the low-resolution latent, "
-                   "resized to the sampled latent), while the model keeps the details. Keeps colours and "
-                   "composition from drifting in tiled upscales. Chain with TiledBlendedDiffusion in any order.")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LowFreqStructureGuide",
+            display_name="Low-Frequency Structure Guide (cupscale)",
+            category="cupscale",
+            description=("Global Structure Prior (C-Upscale): at every step in the chosen range, the low-frequency "
+                         "band of the denoised latent is pulled toward that of the reference (the low-resolution "
+                         "latent, resized to the sampled latent), while the model keeps the details. Keeps colours "
+                         "and composition from drifting in tiled upscales. Chain with TiledBlendedDiffusion in any "
+                         "order."),
+            inputs=[
+                io.Model.Input("model"),
+                io.Latent.Input("reference", tooltip="The low-resolution latent of the image being upscaled; any size "
+                                                     "with the aspect ratio of the sampled latent."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="1 replaces the low band by the reference's; 0 turns the guide off."),
+                io.Combo.Input("lowpass", options=["gaussian", "fft"],
+                               tooltip="Gaussian blur (smooth band edge) or ideal FFT band (exact projection)."),
+                io.Float.Input("sigma", default=1.0, min=0.1, max=64.0, step=0.1,
+                               tooltip="Gaussian sigma in cells of the reference latent (lowpass = gaussian); larger "
+                                       "keeps only coarser structure from the reference."),
+                io.Float.Input("cutoff", default=0.5, min=0.01, max=1.0, step=0.01,
+                               tooltip="FFT cutoff as a fraction of the reference's Nyquist frequency (lowpass = fft); "
+                                       "1 takes every frequency the reference holds."),
+                *percent_range_inputs("First affected step, as a fraction of the sampler's steps.",
+                                      "Steps from here on are left alone."),
+                io.Combo.Input("decay", options=list(DECAY_SHAPES),
+                               tooltip="How the strength falls over the range: constant, linear to 0, or a half cosine."),
+            ],
+            outputs=[io.Model.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "reference": ("LATENT", {"tooltip": "The low-resolution latent of the image being upscaled; any size "
-                                                    "with the aspect ratio of the sampled latent."}),
-                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "1 replaces the low band by the reference's; 0 turns the guide off."}),
-                "lowpass": (["gaussian", "fft"], {"tooltip": "Gaussian blur (smooth band edge) or ideal FFT band "
-                                                             "(exact projection)."}),
-                "sigma": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 64.0, "step": 0.1,
-                                    "tooltip": "Gaussian sigma in cells of the reference latent (lowpass = gaussian); "
-                                               "larger keeps only coarser structure from the reference."}),
-                "cutoff": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.01,
-                                     "tooltip": "FFT cutoff as a fraction of the reference's Nyquist frequency "
-                                                "(lowpass = fft); 1 takes every frequency the reference holds."}),
-                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                            "tooltip": "First affected step, as a fraction of the sampler's steps."}),
-                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                          "tooltip": "Steps from here on are left alone."}),
-                "decay": (list(DECAY_SHAPES), {"tooltip": "How the strength falls over the range: constant, "
-                                                          "linear to 0, or a half cosine."}),
-            },
-        }
-
-    def patch(self, model, reference, strength, lowpass, sigma, cutoff, start_percent, end_percent, decay):
+    def execute(cls, model, reference, strength, lowpass, sigma, cutoff, start_percent, end_percent,
+                decay) -> io.NodeOutput:
         samples = reference["samples"]
         latent_format = model.model.latent_format
         check_reference(samples, latent_format.latent_channels)
         if not 0 <= strength <= 1:
             raise ValueError(f"strength = {strength} must lie in [0, 1].")
-        if not 0 <= start_percent < end_percent <= 1:
-            raise ValueError(f"start_percent = {start_percent}, end_percent = {end_percent}: the range must satisfy "
-                             f"0 <= start_percent < end_percent <= 1 (set strength 0 to turn the guide off).")
+        with widget_names(start="start_percent", end="end_percent"):
+            check_percent_range(start_percent, end_percent, "set strength 0 to turn the guide off")
         amount = sigma if lowpass == "gaussian" else cutoff
         if amount <= 0:
             raise ValueError(f"{'sigma' if lowpass == 'gaussian' else 'cutoff'} = {amount} must be positive for "
@@ -121,8 +123,7 @@ class LowFreqStructureGuide:
         patched.set_model_sampler_post_cfg_function(lambda args: guide(args))
         patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "cupscale.structure_guide",
                                      guide.outer_sample)
-        return (patched,)
+        return io.NodeOutput(patched)
 
 
-NODE_CLASS_MAPPINGS = {"LowFreqStructureGuide": LowFreqStructureGuide}
-NODE_DISPLAY_NAME_MAPPINGS = {"LowFreqStructureGuide": "Low-Frequency Structure Guide (cupscale)"}
+NODES = [LowFreqStructureGuide]

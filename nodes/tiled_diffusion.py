@@ -1,6 +1,6 @@
 """TiledBlendedDiffusion: MultiDiffusion over overlapping tiles, optionally blended with a mask.
 
-Three wrappers on a clone of the model (core maths in cupscale.multidiffusion / cupscale.blended):
+Three wrappers on a clone of the model (core maths in cupscale.tiling.multidiffusion / cupscale.tiling.blended):
 - OUTER_SAMPLE prepares one run: the source latent and noise for blending, the progress bar.
 - CALC_COND_BATCH pins the background outside the mask and defers ControlNets to the tiles.
 - APPLY_MODEL splits each evaluation into tile batches and merges them with feathered weights;
@@ -16,9 +16,9 @@ import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
 
-from ..cupscale import blended
-from ..cupscale.grid import RegionGrid, region_grid
-from ..cupscale.multidiffusion import TileBatch, TileMerger, gather_tiles, repeat_per_tile, tile_weights
+from ..cupscale.tiling import blended
+from ..cupscale.tiling.grid import RegionGrid, region_grid
+from ..cupscale.tiling.multidiffusion import TileBatch, TileMerger, gather_tiles, repeat_per_tile, tile_weights
 from .control_tiling import ControlRequest, TiledHints, defer_controls
 
 TILES_KEY = "cupscale_tiles"

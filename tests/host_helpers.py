@@ -23,7 +23,7 @@ def sample(model, latent, pos, neg, steps: int = 4, denoise: float = 0.6, sample
 
 
 def pack_module(host, dotted: str):
-    """The pack's module ``dotted`` (e.g. "cupscale.captioning") as ComfyUI loaded it: the pack lives
+    """The pack's module ``dotted`` (e.g. "cupscale.captioning.captioner") as ComfyUI loaded it: the pack lives
     under a module name made from its path, so its classes differ from the tests' ``cupscale.*``."""
     root = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"].__module__.rsplit(".nodes.", 1)[0]
     return sys.modules[f"{root}.{dotted}"]

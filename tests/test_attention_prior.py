@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from cupscale.attention_composer import RegionTexts, compose, parse_region_text
-from cupscale.attention_prior import (attend_with, attention_probabilities, capture_attention, capture_bytes,
+from cupscale.priors.composer import RegionTexts, compose, parse_region_text
+from cupscale.priors.attention_prior import (attend_with, attention_probabilities, capture_attention, capture_bytes,
                                       region_prior, sampling_grid)
-from cupscale.grid import Box, region_grid
-from cupscale.region_prompts import RegionPrompts, to_json
+from cupscale.tiling.grid import Box, region_grid
+from cupscale.captioning.region_prompts import RegionPrompts, to_json
 
 
 def synthetic_maps(heads: int, tokens: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 A real server (harness.server.ComfyServer) serves the frontend and the pack's js/. The tests load the
 shipped UI-format workflows into the canvas, check that every node type is known, that the region
-panels draw the grid of cupscale/grid.py (js/grid.js is checked against it on many sizes), and edit a
+panels draw the grid of cupscale/tiling/grid.py (js/grid.js is checked against it on many sizes), and edit a
 region's prompt by clicking it: the JSON the editor writes is read back by the Python parser and
 accepted by the server on the next run. Screenshots go to a temporary folder whose path is printed.
 
@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 import tiny_vlms
-from cupscale.captioning import image_grid
-from cupscale.grid import region_grid
-from cupscale.region_prompts import from_json, pixel_box
+from cupscale.captioning.captioner import image_grid
+from cupscale.tiling.grid import region_grid
+from cupscale.captioning.region_prompts import from_json, pixel_box
 from harness.comfy_host import PACK_DIR
 from harness.server import ComfyServer
 from harness.workflows import WORKFLOWS
@@ -138,7 +138,7 @@ def python_boxes(height: int, width: int, tile: int, overlap: int) -> list[dict]
 
 
 def test_js_grid_is_the_python_grid(page, server):
-    """js/grid.js, as the server serves it, against cupscale/grid.py on a sweep of sizes."""
+    """js/grid.js, as the server serves it, against cupscale/tiling/grid.py on a sweep of sizes."""
     rng = random.Random(7)
     cases = [(11, 11, 6, 6, 3), (13, 20, 6, 8, 2), (40, 33, 64, 64, 8)]  # 2.5 stride: Python rounds to even
     cases += [(rng.randint(1, 400), rng.randint(1, 400), rng.randint(1, 160), rng.randint(1, 160), rng.randint(0, 40))

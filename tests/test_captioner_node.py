@@ -14,7 +14,7 @@ from PIL import Image
 
 import tiny_vlms
 from host_helpers import pack_module
-from cupscale.captioning import XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL
+from cupscale.captioning.captioner import XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL
 from harness.comfy_host import PromptError, run_prompt
 
 H, W, TILE, OVERLAP = 112, 144, 64, 16  # a 2x3 grid of regions
@@ -38,17 +38,17 @@ def llm_dir(host, tmp_path_factory):
 
 @pytest.fixture
 def backends(host):
-    return pack_module(host, "cupscale.mllm_backends")
+    return pack_module(host, "cupscale.captioning.backends")
 
 
 @pytest.fixture
 def from_json(host):
-    return pack_module(host, "cupscale.region_prompts").from_json
+    return pack_module(host, "cupscale.captioning.region_prompts").from_json
 
 
 @pytest.fixture(autouse=True)
 def fresh_cache(host, backends):
-    pack_module(host, "cupscale.captioning").CACHE.clear()
+    pack_module(host, "cupscale.captioning.captioner").CACHE.clear()
     backends._parked.clear()
     yield
     backends._parked.clear()

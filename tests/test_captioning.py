@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cupscale.captioning import (CaptionCache, CaptionFailure, Captioner, CaptionRequest, Instructions,
+from cupscale.captioning.captioner import (CaptionCache, CaptionFailure, Captioner, CaptionRequest, Instructions,
                                  caption_image, image_grid, region_crops, to_uint8_rgb)
-from cupscale.grid import region_grid
-from cupscale.region_prompts import RegionPrompts, from_json, to_json
+from cupscale.tiling.grid import region_grid
+from cupscale.captioning.region_prompts import RegionPrompts, from_json, to_json
 
 
 class FakeMLLM:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import tiny_clip
-from cupscale.rerank import best_k, clip_scores, mask_square
+from cupscale.editing.rerank import best_k, clip_scores, mask_square
 
 
 def test_mask_square_is_the_smallest_square_around_the_mask_moved_inside_the_image():

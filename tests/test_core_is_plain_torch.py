@@ -7,7 +7,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_core_modules_import_without_comfyui():
-    modules = sorted(p.stem for p in (ROOT / "cupscale").glob("*.py") if p.stem != "__init__")
+    modules = sorted(".".join(p.relative_to(ROOT / "cupscale").with_suffix("").parts) for p in (ROOT / "cupscale").rglob("*.py")
+                     if p.stem != "__init__")
     code = ("import sys; sys.path[:] = [p for p in sys.path if 'ComfyUI' not in p]\n"
             + "".join(f"import cupscale.{m}\n" for m in modules)
             + "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes', 'server', 'execution'))\n"

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from cupscale.grid import check_same_grid, region_grid, tile_starts
-from cupscale.multidiffusion import TileMerger, gather_tiles, repeat_per_tile, tile_weights
+from cupscale.tiling.grid import check_same_grid, region_grid, tile_starts
+from cupscale.tiling.multidiffusion import TileMerger, gather_tiles, repeat_per_tile, tile_weights
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(64, 32, 8), (100, 32, 4), (33, 32, 8), (250, 128, 16), (32, 64, 8)])

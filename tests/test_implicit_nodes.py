@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 import tiny_liif
-from cupscale import liif
-from cupscale.liif_checkpoints import load_implicit_decoder, load_liif
+from cupscale.liif import model as liif
+from cupscale.liif.checkpoints import load_implicit_decoder, load_liif
 from harness.comfy_host import run_prompt
 from harness.test_nodes import CAPTURED
 

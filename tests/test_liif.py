@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import tiny_liif
-from cupscale import liif
-from cupscale.liif_checkpoints import CheckpointError, liif_from_checkpoint, load_implicit_decoder, load_liif
+from cupscale.liif import model as liif
+from cupscale.liif.checkpoints import CheckpointError, liif_from_checkpoint, load_implicit_decoder, load_liif
 
 
 def image(h: int, w: int, seed: int = 1) -> torch.Tensor:

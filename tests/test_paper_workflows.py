@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import tiny_vlms
-from cupscale.captioning import DEGRADATION_TAGS
+from cupscale.captioning.captioner import DEGRADATION_TAGS
 from harness import workflows
 from harness.comfy_host import run_prompt
 from tiny_xpsr import release
@@ -66,7 +66,7 @@ def seen(host, monkeypatch):
     and the instructions the VLM was asked."""
     ra, sg = pack(host, "RegionalAttentionPrior"), pack(host, "LowFreqStructureGuide")
     sfa, captioner = pack(host, "SFAControlNetApply"), pack(host, "MLLMRegionCaptioner")
-    backends = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.mllm_backends"]
+    backends = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.captioning.backends"]
     log = {"structure": [], "captures": [], "tiles": [], "control": [], "asked": []}
 
     def structure(self, args):

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from cupscale.grid import region_grid
-from cupscale.region_prompts import RegionPrompts, to_json
+from cupscale.tiling.grid import region_grid
+from cupscale.captioning.region_prompts import RegionPrompts, to_json
 from harness.comfy_host import run_prompt
 from host_helpers import sample, smooth_latent
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from cupscale.repaint import (forward_steps, jump_schedule, monotone_runs, renoise_flow, renoise_ve,
+from cupscale.editing.repaint import (forward_steps, jump_schedule, monotone_runs, renoise_flow, renoise_ve,
                               sample_repaint)
 from host_helpers import smooth_latent
 
@@ -250,7 +250,7 @@ def test_tiled_blended_mask_keeps_the_source_outside(host, setup):
 
 
 def test_tiled_blended_lowpass_background_keeps_its_low_frequencies(host, setup):
-    from cupscale.lowpass import gaussian_lowpass
+    from cupscale.tiling.lowpass import gaussian_lowpass
     model, pos, neg = setup
     mask = box_mask()
     node = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]()

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cupscale.sfa import SemanticFusionAttention, TransformerSpec
+from cupscale.xpsr.sfa import SemanticFusionAttention, TransformerSpec
 from harness.comfy_host import PromptError, run_prompt
 from harness.test_nodes import CAPTURED
 from host_helpers import pack_module, smooth_latent
@@ -143,7 +143,7 @@ def test_release_folders_load_through_the_node_from_safetensors_and_bin(host, xp
 
 def test_standard_parts_are_named_as_comfyui_names_the_sd_unet(host, xpsr_dir):
     import comfy.utils
-    from cupscale.xpsr_checkpoint import controlnet_renames, load_xpsr, rename
+    from cupscale.xpsr.checkpoint import controlnet_renames, load_xpsr, rename
     comfy_names = comfy.utils.unet_to_diffusers({
         "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [0, 1],
         "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1})

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from cupscale.lowpass import fft_lowpass, gaussian_lowpass, lowpass
-from cupscale.structure import (align_low_frequencies, frequency_split, reference_at, reference_for_batch,
-                                schedule_progress, step_weight, working_band)
+from cupscale.tiling.lowpass import align_low_frequencies, fft_lowpass, frequency_split, gaussian_lowpass, lowpass
+from cupscale.priors.structure import reference_at, reference_for_batch, step_weight, working_band
+from cupscale.schedule import schedule_progress
 
 AMOUNT = {"gaussian": 1.0, "fft": 0.5}  # in reference-latent units, as the node takes them
 
@@ -117,7 +117,7 @@ def reference_latent(batch: int = 1, side: int = REF, seed: int = 7) -> dict:
 
 
 def guided(pack_node, model, reference, kind="fft", strength=1.0, start=0.0, end=1.0, decay="constant"):
-    return pack_node("LowFreqStructureGuide").patch(model, reference, strength, kind, AMOUNT["gaussian"],
+    return pack_node("LowFreqStructureGuide").execute(model, reference, strength, kind, AMOUNT["gaussian"],
                                                     AMOUNT["fft"], start, end, decay)[0]
 
 
@@ -235,7 +235,7 @@ def test_bad_references_are_named_and_the_input_model_is_never_mutated(tiny, pac
     with pytest.raises(ValueError, match="strength = 1.5 must lie in"):
         guided(pack_node, base, reference_latent(), strength=1.5)
     with pytest.raises(ValueError, match="cutoff = 0.0 must be positive for lowpass = fft"):
-        pack_node("LowFreqStructureGuide").patch(base, reference_latent(), 1.0, "fft", 1.0, 0.0, 0.0, 1.0, "constant")
+        pack_node("LowFreqStructureGuide").execute(base, reference_latent(), 1.0, "fft", 1.0, 0.0, 0.0, 1.0, "constant")
     # Found before the first model evaluation: the UNet must never run.
     calls = []
     base.set_model_unet_function_wrapper(lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))

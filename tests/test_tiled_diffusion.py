@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from cupscale.grid import region_grid
-from cupscale.lowpass import gaussian_lowpass
+from cupscale.tiling.grid import region_grid
+from cupscale.tiling.lowpass import gaussian_lowpass
 from host_helpers import sample, smooth_latent
 
 STEPS = 4

@@ -42,9 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cupscale.liif import LIIFHead, ImplicitImageFunction, pixel_positions, to_signed  # noqa: E402
-from cupscale.liif_checkpoints import DECODER_FORMAT, decoder_state_dict, implicit_decoder  # noqa: E402
-from cupscale.liif_encoders import trunk_config_from_state_dict  # noqa: E402
+from cupscale.liif.model import LIIFHead, ImplicitImageFunction, pixel_positions, to_signed  # noqa: E402
+from cupscale.liif.checkpoints import DECODER_FORMAT, decoder_state_dict, implicit_decoder  # noqa: E402
+from cupscale.liif.encoders import trunk_config_from_state_dict  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 

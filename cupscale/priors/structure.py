@@ -26,22 +26,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .lowpass import lowpass
+from ..tiling.lowpass import lowpass
 
 DECAY_SHAPES = ("constant", "linear", "cosine")
-
-
-def frequency_split(x: torch.Tensor, kind: str, amount: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LP(x), HP(x)) with HP = x − LP(x): the two bands sum back to ``x``."""
-    low = lowpass(x, kind, amount)
-    return low, x - low
-
-
-def align_low_frequencies(denoised: torch.Tensor, reference_low: torch.Tensor, weight: float,
-                          kind: str, amount: float) -> torch.Tensor:
-    """Equation (GSP): HP(ẑ₀) + lerp(LP(ẑ₀), LP(z_L), w_t); ``reference_low`` is LP(z_L)."""
-    low, high = frequency_split(denoised, kind, amount)
-    return high + torch.lerp(low, reference_low.to(low.dtype), weight)
 
 
 def check_same_aspect(reference_hw: tuple[int, int], working_hw: tuple[int, int],
@@ -96,17 +83,6 @@ def working_band(kind: str, amount: float, scale: float) -> float:
     So one setting means the same band at x1.5 and at x4.
     """
     return amount * scale if kind == "gaussian" else min(amount / scale, 1.0)
-
-
-def schedule_progress(sample_sigmas: torch.Tensor, sigma: float) -> float:
-    """Fraction of the sampling run done at an evaluation at ``sigma``: i / steps during step i.
-
-    Evaluations between two sigmas of the schedule (second-order samplers) belong to the step
-    that started above them.
-    """
-    steps = len(sample_sigmas) - 1
-    step = int((sample_sigmas[:-1] >= sigma * (1 - 1e-4)).sum()) - 1
-    return max(step, 0) / steps
 
 
 def step_weight(progress: float, strength: float, start: float, end: float, decay: str) -> float:

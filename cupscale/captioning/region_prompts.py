@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .grid import RegionGrid, check_same_grid, region_grid
+from ..tiling.grid import RegionGrid, check_same_grid, region_grid
 
 TYPE_NAME = "REGION_PROMPTS"
 """The ComfyUI type name under which a :class:`RegionPrompts` flows between nodes."""

@@ -40,3 +40,17 @@ def lowpass(x: torch.Tensor, kind: str, amount: float) -> torch.Tensor:
     if kind == "fft":
         return fft_lowpass(x, amount)
     raise ValueError(f"low-pass kind {kind!r} is not one of 'gaussian', 'fft'")
+
+
+def frequency_split(x: torch.Tensor, kind: str, amount: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LP(x), HP(x)) with HP = x − LP(x): the two bands sum back to ``x``."""
+    low = lowpass(x, kind, amount)
+    return low, x - low
+
+
+def align_low_frequencies(denoised: torch.Tensor, reference_low: torch.Tensor, weight: float,
+                          kind: str, amount: float) -> torch.Tensor:
+    """C-Upscale's (GSP), cupscale.priors.structure: HP(ẑ₀) + lerp(LP(ẑ₀), LP(z_L), w_t); ``reference_low``
+    is LP(z_L). Also the low-passed background of blended diffusion, at weight 1."""
+    low, high = frequency_split(denoised, kind, amount)
+    return high + torch.lerp(low, reference_low.to(low.dtype), weight)

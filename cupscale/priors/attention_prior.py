@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .grid import Box
+from ..tiling.grid import Box
 
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:

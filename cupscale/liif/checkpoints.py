@@ -22,9 +22,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .checkpoint_files import CheckpointError, is_safetensors, load_torch_file, unreadable
-from .liif import ImplicitImageFunction, LIIFHead
-from .liif_encoders import EDSR, RDN, DecoderTrunk, TrunkConfig, trunk_config_from_state_dict
+from ..checkpoints import CheckpointError, is_safetensors, load_torch_file, unreadable
+from .model import ImplicitImageFunction, LIIFHead
+from .encoders import EDSR, RDN, DecoderTrunk, TrunkConfig, trunk_config_from_state_dict
 
 DECODER_FORMAT = "cupscale-implicit-decoder"
 ENCODERS = {  # LIIF encoder_spec name -> (class, the official factory's defaults)

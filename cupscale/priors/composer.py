@@ -4,7 +4,7 @@ For a region R (a tile) whose features give queries Q_R at a chosen cross-attent
 
     out_R = w · A_R V_g  +  (1 − w) · softmax(Q_R K_rᵀ / √d) V_r                               (AC)
 
-- A_R V_g, the Regional Attention Prior (cupscale.attention_prior): the global prompt's attention on the
+- A_R V_g, the Regional Attention Prior (cupscale.priors.attention_prior): the global prompt's attention on the
   low-resolution image, read at R, applied to the global prompt's values. It keeps R faithful to what the
   low-res image shows there.
 - softmax(Q_R K_rᵀ / √d) V_r, the Regional Semantic Prior: R's own attention to R's prompt (keys K_r and
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .grid import RegionGrid, check_same_grid
-from .region_prompts import RegionPrompts, from_json
+from ..tiling.grid import RegionGrid, check_same_grid
+from ..captioning.region_prompts import RegionPrompts, from_json
 
 
 def compose(prior: torch.Tensor, region: torch.Tensor, weight: float) -> torch.Tensor:

@@ -9,9 +9,9 @@ Three papers ask an MLLM to look at the image:
 - XPSR (seed 004, Sec. 3.3): two descriptions of the whole image, a high-level one (content, layout,
   scene) and a low-level one (quality: clarity, colour, noise, lighting), with its exact instructions.
 
-Regions are the tiles of :func:`cupscale.grid.region_grid` in pixels (box x 8), so each region's
+Regions are the tiles of :func:`cupscale.tiling.grid.region_grid` in pixels (box x 8), so each region's
 prompt lands on exactly the tile TiledBlendedDiffusion runs. Backends (local transformers models,
-OpenAI-compatible endpoints) live in :mod:`cupscale.mllm_backends`; here is what they must provide.
+OpenAI-compatible endpoints) live in :mod:`cupscale.captioning.backends`; here is what they must provide.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .grid import RegionGrid, region_grid
+from ..tiling.grid import RegionGrid, region_grid
 from .region_prompts import PIXELS_PER_CELL, RegionPrompts
 
 logger = logging.getLogger(__name__)

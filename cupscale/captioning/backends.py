@@ -1,4 +1,4 @@
-"""Multimodal LLM backends for :mod:`cupscale.captioning`: a local transformers model or an endpoint.
+"""Multimodal LLM backends for :mod:`cupscale.captioning.captioner`: a local transformers model or an endpoint.
 
 Users run captioning models either in-process (a model folder: LLaVA 1.5/NeXT, Qwen2-VL,
 Qwen2.5-VL, Idefics3/SmolVLM, ...) or behind a local server that speaks the OpenAI chat API
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .captioning import CaptionFailure
+from .captioner import CaptionFailure
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 API_KEY_ENV = "CUPSCALE_MLLM_API_KEY"

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .lowpass import gaussian_lowpass
-from .structure import align_low_frequencies
+from .lowpass import align_low_frequencies, gaussian_lowpass
 
 
 def pinned_background(denoised: torch.Tensor, source: torch.Tensor, lowpass_sigma: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ The release is a diffusers ``save_pretrained`` checkpoint folder with two parts:
 
 Each part is ``diffusion_pytorch_model.safetensors`` (or ``.bin``, read with ``weights_only=True``)
 beside a ``config.json``. The pack's layout is ComfyUI's ControlNet (``input_blocks``,
-``zero_convs``, ``input_hint_block``, ...) with :class:`cupscale.sfa.SemanticFusionAttention` at
+``zero_convs``, ``input_hint_block``, ...) with :class:`cupscale.xpsr.sfa.SemanticFusionAttention` at
 ``input_blocks.N.1`` / ``middle_block.1`` (``high``, ``low``, ``fuse``) and the Conditional
 Attention per UNet output block at ``conditional_attention.I``.
 """
@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Mapping
 import safetensors
 import torch
 
-from .checkpoint_files import CheckpointError, is_safetensors, load_torch_file, unreadable
+from ..checkpoints import CheckpointError, is_safetensors, load_torch_file, unreadable
 from .sfa import TransformerSpec
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",

@@ -1,0 +1,1 @@
+"""Editing: RePaint's zigzag resampling and CLIP reranking of candidates (Multi-Stage Blended Diffusion)."""

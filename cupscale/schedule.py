@@ -1,0 +1,31 @@
+"""Where a sampling run is: the step an evaluation belongs to, and step ranges given as fractions.
+
+Every prior and the tiled sampler's progress bar ask the same question of the sampler's sigmas; one
+answer keeps them agreeing on what "step i" means for second-order samplers and for RePaint's jumps.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+
+def step_index(sample_sigmas: torch.Tensor, sigma: float) -> int:
+    """The step ``i`` whose run from sigma_i down contains an evaluation at ``sigma``.
+
+    Evaluations between two sigmas of the schedule (second-order samplers) belong to the step that
+    started above them; a churned sigma above the schedule belongs to step 0.
+    """
+    return max(int((sample_sigmas[:-1] >= sigma * (1 - 1e-4)).sum()) - 1, 0)
+
+
+def schedule_progress(sample_sigmas: torch.Tensor, sigma: float) -> float:
+    """Fraction of the sampling run done at an evaluation at ``sigma``: i / steps during step i."""
+    return step_index(sample_sigmas, sigma) / (len(sample_sigmas) - 1)
+
+
+def check_percent_range(start: float, end: float, fix: str = "") -> None:
+    """Refuse a step range that selects no step: ``0 <= start < end <= 1``."""
+    if not 0 <= start < end <= 1:
+        raise InputError(f"{{start}} = {start}, {{end}} = {end}: the range must satisfy 0 <= {{start}} < {{end}} <= 1"
+                         + (f" ({fix})" if fix else "") + ".", start="start", end="end")

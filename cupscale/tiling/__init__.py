@@ -1,0 +1,1 @@
+"""Tiled sampling: the region grid, the MultiDiffusion loop and merge, blended diffusion, low-pass bands."""

@@ -1,0 +1,1 @@
+"""XPSR: the Semantic-Fusion Attention ControlNet and the UNet's Conditional Attention, and its checkpoints."""
