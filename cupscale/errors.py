@@ -15,6 +15,6 @@ class InputError(ValueError):
         self.template, self.fields = template, fields
         super().__init__(template.format(**fields))
 
-    def named(self, names: dict[str, str]) -> "InputError":
-        """The same error with each field called by ``names`` (core field -> the user's input name)."""
-        return InputError(self.template, **{slot: names.get(field, field) for slot, field in self.fields.items()})
+    def named(self, names: dict[str, str]) -> str:
+        """The message with each field called by ``names`` (core field -> the user's input name)."""
+        return self.template.format(**{slot: names.get(field, field) for slot, field in self.fields.items()})

@@ -21,7 +21,8 @@ from ..cupscale.captioning.captioner import (CACHE, MODES, Captioner, CaptionReq
 from ..cupscale.captioning.backends import DTYPES, LocalVLM, OpenAIEndpoint
 from ..cupscale.captioning.region_prompts import TYPE_NAME, from_json, to_json
 from .host_services import progress_reporter
-from .tiled_diffusion import check_tiling_inputs, tile_inputs
+from ..cupscale.tiling.grid import check_tile_settings
+from .inputs import tile_inputs_v1, widget_names
 
 LLM_FOLDER = "LLM"
 NO_MODEL = "(no model folder in models/LLM)"
@@ -106,7 +107,7 @@ class MLLMRegionCaptioner:
                                                        "one, is read from $CUPSCALE_MLLM_API_KEY."}),
                 "endpoint_model": ("STRING", {"default": "", "tooltip": "The model name the server serves "
                                                                         "(e.g. qwen2.5vl:7b)."}),
-                **tile_inputs("Region", "the same as TiledBlendedDiffusion's tiles"),
+                **tile_inputs_v1("Region", "the same as TiledBlendedDiffusion's tiles"),
                 "region_prompts": (list(MODES), {"tooltip": "What each region's prompt says."}),
                 "xpsr_descriptions": ("BOOLEAN", {"default": False,
                                                   "tooltip": "Also write XPSR's high-level (content) and low-level "
@@ -163,7 +164,8 @@ class MLLMRegionCaptioner:
                 low_level_instruction=captioning.XPSR_LOW_LEVEL, region_prompts_json="", device="auto",
                 dtype="auto", batch_size=4, after_use="unload", hf_repo_id="", allow_download=False,
                 timeout_s=120.0, retries=2):
-        check_tiling_inputs(tile_width, tile_height, overlap, 1)
+        with widget_names():
+            check_tile_settings(tile_width, tile_height, overlap)
         grid = image_grid(image.shape[1], image.shape[2], tile_height, tile_width, overlap)
         if region_prompts_json.strip():
             prompts = from_json(region_prompts_json)

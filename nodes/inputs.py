@@ -29,8 +29,13 @@ def percent_range_inputs(first: str, after: str, step: float = 0.01) -> list[io.
 
 @contextmanager
 def widget_names(**names: str):
-    """Re-raise the core's InputError in this node's widget names (core field=widget name)."""
+    """The core's InputError as the ValueError a user reads, in this node's widget names (field=widget)."""
     try:
         yield
     except InputError as error:
-        raise error.named(names) from None
+        raise ValueError(error.named(names)) from None
+
+
+def tile_inputs_v1(what: str, note: str) -> dict:
+    """TRANSITION: tile_inputs for the families not yet in the V3 schema."""
+    return {i.id: (i.get_io_type(), i.as_dict()) for i in tile_inputs(what, note)}

@@ -17,8 +17,9 @@ import comfy.patcher_extension
 import comfy.utils
 
 from ..cupscale.tiling import blended
-from ..cupscale.tiling.grid import RegionGrid, region_grid
+from ..cupscale.tiling.grid import RegionGrid, check_tile_settings, region_grid
 from ..cupscale.tiling.multidiffusion import TileBatch, TileMerger, gather_tiles, repeat_per_tile, tile_weights
+from .inputs import tile_inputs_v1, widget_names
 from .control_tiling import ControlRequest, TiledHints, defer_controls
 
 TILES_KEY = "cupscale_tiles"
@@ -30,31 +31,6 @@ WrappersMP = comfy.patcher_extension.WrappersMP
 def latent_ratio(model_patcher) -> int:
     """Pixels per latent cell of the model's VAE (8 for SD1.5, SDXL, SD3, Flux)."""
     return getattr(model_patcher.model.latent_format, "spacial_downscale_ratio", 8)
-
-
-def check_tiling_inputs(tile_width: int, tile_height: int, overlap: int, tiles_per_batch: int) -> None:
-    for name, value in (("tile_width", tile_width), ("tile_height", tile_height)):
-        if value < 64 or value % 8:
-            raise ValueError(f"{name} = {value}: tiles must be at least 64 pixels and a multiple of 8 "
-                             f"(e.g. {max(64, value // 8 * 8)}).")
-    if overlap < 0 or overlap % 8:
-        raise ValueError(f"overlap = {overlap}: the overlap must be a non-negative multiple of 8 pixels.")
-    if overlap >= min(tile_width, tile_height):
-        raise ValueError(f"overlap = {overlap} must be smaller than the tile ({tile_width}x{tile_height}); "
-                         f"a quarter of the tile is a good start.")
-    if tiles_per_batch < 1:
-        raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be at least 1.")
-
-
-def tile_inputs(what: str, note: str) -> dict:
-    """The tile_width / tile_height / overlap inputs of every node that lays out the region grid."""
-    size = {"default": 1024, "min": 64, "max": 16384, "step": 8}
-    return {
-        "tile_width": ("INT", {**size, "tooltip": f"{what} width in pixels, a multiple of 8: {note}."}),
-        "tile_height": ("INT", {**size, "tooltip": f"{what} height in pixels, a multiple of 8."}),
-        "overlap": ("INT", {"default": 128, "min": 0, "max": 8192, "step": 8,
-                            "tooltip": f"Pixels shared by neighbouring {what.lower()}s."}),
-    }
 
 
 def mask_to_latent(mask: torch.Tensor, latent_hw: tuple[int, int], ratio: int) -> torch.Tensor:
@@ -219,7 +195,7 @@ class TiledBlendedDiffusion:
         return {
             "required": {
                 "model": ("MODEL",),
-                **tile_inputs("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
+                **tile_inputs_v1("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
                 "tiles_per_batch": ("INT", {"default": 4, "min": 1, "max": 256,
                                             "tooltip": "Tiles evaluated together in one model call."}),
             },
@@ -233,7 +209,10 @@ class TiledBlendedDiffusion:
         }
 
     def patch(self, model, tile_width, tile_height, overlap, tiles_per_batch, mask=None, background_lowpass=0.0):
-        check_tiling_inputs(tile_width, tile_height, overlap, tiles_per_batch)
+        with widget_names():
+            check_tile_settings(tile_width, tile_height, overlap)
+        if tiles_per_batch < 1:
+            raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be at least 1.")
         if background_lowpass < 0:
             raise ValueError(f"background_lowpass = {background_lowpass} must be 0 (off) or a positive sigma.")
         ratio = latent_ratio(model)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class Box:
@@ -90,3 +92,17 @@ def check_same_grid(expected: RegionGrid, actual: RegionGrid, actual_name: str, 
     raise ValueError(
         f"{actual_name} was made for {actual.describe()}, but {expected_name} uses {expected.describe()}. "
         f"Give both the same image size, tile size and overlap (region sizes are in latent cells = pixels / 8).")
+
+
+def check_tile_settings(tile_width: int, tile_height: int, overlap: int) -> None:
+    """Tile sizes and overlap in pixels, as users give them: whole latent cells, overlap inside the tile."""
+    for field, value in (("tile_width", tile_width), ("tile_height", tile_height)):
+        if value < 64 or value % 8:
+            raise InputError(f"{{name}} = {value}: tiles must be at least 64 pixels and a multiple of 8 "
+                             f"(e.g. {max(64, value // 8 * 8)}).", name=field)
+    if overlap < 0 or overlap % 8:
+        raise InputError(f"{{overlap}} = {overlap}: the overlap must be a non-negative multiple of 8 pixels.",
+                         overlap="overlap")
+    if overlap >= min(tile_width, tile_height):
+        raise InputError(f"{{overlap}} = {overlap} must be smaller than the tile ({tile_width}x{tile_height}); "
+                         f"a quarter of the tile is a good start.", overlap="overlap")
