@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import sys
 import tempfile
@@ -15,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import comfy_host, workflows  # noqa: E402
+from harness.job_console import HostLog, JobProgress  # noqa: E402
 
 DEFAULT_WORKFLOW = "upscale_x4_two_stage.api.json"
 
@@ -34,9 +36,16 @@ def main(argv=None) -> int:
     if not args.image.is_file():
         p.error(f"--image {args.image}: no such file")
 
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    log = HostLog(args.output.with_suffix(".comfyui.log"))
+    log.install()
     import torch
     comfy_host.boot(cpu=args.cpu or not torch.cuda.is_available())
+    if log.summary():
+        print(log.summary(), file=sys.stderr)
+    import comfy.utils
     import folder_paths
+    comfy.utils.set_progress_bar_enabled(False)  # the samplers' own bars; JobProgress draws one for the job
 
     prompt = workflows.load(args.workflow)
     if args.tiny_models:
@@ -56,19 +65,27 @@ def main(argv=None) -> int:
         shutil.copy(args.image, Path(tmp, "input", "input" + args.image.suffix.lower()))
         prompt = workflows.with_overrides(workflows.with_image(prompt, "input" + args.image.suffix.lower()), args.set)
         start = time.perf_counter()
-        history = comfy_host.run_prompt(prompt)
+        progress = JobProgress(prompt)
+        comfy.utils.set_progress_bar_global_hook(progress.hook)
+        try:
+            history = comfy_host.run_prompt(prompt)
+        finally:
+            progress.close()
         images = [img for out in history["outputs"].values() for img in out.get("images", [])
                   if img.get("type") == "output"]
         if not images:
             print("the workflow saved no image", file=sys.stderr)
             return 1
         saved = Path(tmp, "output", images[-1]["subfolder"], images[-1]["filename"])
-        args.output.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(saved, args.output)
 
     from PIL import Image
     with Image.open(args.output) as im:
-        print(f"wrote {args.output} ({im.width}x{im.height}) in {time.perf_counter() - start:.1f} s")
+        size = f"{im.width}x{im.height}"
+    peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB"
+    if torch.cuda.is_available():
+        peak += f", peak VRAM {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB"
+    print(f"wrote {args.output} ({size}) in {time.perf_counter() - start:.1f} s, {peak}")
     return 0
 
 
