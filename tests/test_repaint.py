@@ -241,7 +241,7 @@ def test_noise_mask_keeps_the_source_outside(host, setup, flow):
 def test_tiled_blended_mask_keeps_the_source_outside(host, setup):
     model, pos, neg = setup
     mask = box_mask()
-    tiled = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().patch(model, 64, 64, 16, 9, mask=mask)[0]
+    tiled = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().execute(model, 64, 64, 16, 9, mask=mask)[0]
     source = smooth_latent(16, 16)
     sampler, _ = repaint_sampler(host, "dpmpp_2m", jump=2, resample=3)
     out = sample_custom(host, tiled, pos, neg, sampler, sigmas_for(host, model, 6, 0.7), {"samples": source})
@@ -257,9 +257,9 @@ def test_tiled_blended_lowpass_background_keeps_its_low_frequencies(host, setup)
     source = smooth_latent(16, 16)
     sampler, _ = repaint_sampler(host, "euler", jump=2, resample=3)
     sigmas = sigmas_for(host, model, 6, 0.7)
-    pinned = sample_custom(host, node.patch(model, 64, 64, 16, 9, mask=mask, background_lowpass=2.0)[0],
+    pinned = sample_custom(host, node.execute(model, 64, 64, 16, 9, mask=mask, background_lowpass=2.0)[0],
                            pos, neg, sampler, sigmas, {"samples": source})
-    free = sample_custom(host, node.patch(model, 64, 64, 16, 9)[0], pos, neg, sampler, sigmas, {"samples": source})
+    free = sample_custom(host, node.execute(model, 64, 64, 16, 9)[0], pos, neg, sampler, sigmas, {"samples": source})
     keep = mask[0] == 0
     low_error = lambda out: (gaussian_lowpass(out, 4.0) - gaussian_lowpass(source, 4.0))[..., keep].abs().mean()
     assert torch.isfinite(pinned).all()
