@@ -78,7 +78,7 @@ def timed(key, fn):
 
 def tiny_model(kind, low, variant):
     """Tiled tiny model: ``alone`` (the chosen layers' cross-attention timed as it is), ``prior`` or ``composer``."""
-    model = node("TiledBlendedDiffusion").patch(tiny_models.tiny_model(kind), TILE, TILE, OVERLAP, 4)[0]
+    model = node("TiledBlendedDiffusion").execute(tiny_models.tiny_model(kind), TILE, TILE, OVERLAP, 4)[0]
     if variant == "alone":
         model = model.clone()
         for layer, _ in ra.select_layers(model, *DEFAULT):

@@ -55,7 +55,7 @@ def upscale(model, reference, denoise, seed):
 
 def structure_table():
     base = tiny_models.tiny_model("sd15")
-    tiled = node("TiledBlendedDiffusion").patch(base, 192, 192, 64, 4)[0]
+    tiled = node("TiledBlendedDiffusion").execute(base, 192, 192, 64, 4)[0]
     scale = WORK / REF
     rows = []
     for denoise in (0.6, 1.0):

@@ -55,7 +55,7 @@ def run(model, size, tiled_node, patcher_extension, tiny, per_batch=None):
     m = model.clone()
     m.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench", clock)
     if per_batch:
-        m = tiled_node.patch(m, TILE_PX, TILE_PX, OVERLAP_PX, per_batch)[0]
+        m = tiled_node.execute(m, TILE_PX, TILE_PX, OVERLAP_PX, per_batch)[0]
     latent = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(0))
     noise = comfy.sample.prepare_noise(latent, 1)
     start = time.perf_counter()

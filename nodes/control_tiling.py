@@ -11,7 +11,7 @@ import torch
 
 import comfy.utils
 
-from ..cupscale.tiling.grid import Box
+from ..cupscale.tiling.multidiffusion import TileBatch
 
 
 class DeferredControl:
@@ -73,8 +73,9 @@ class TiledHints:
         self.full = {}      # (control, latent h, w) -> hint resized to the whole latent
         self.prepared = {}  # (control, tile indices, batch) -> the control's own prepared hint
 
-    def crops(self, control, latent_hw: tuple[int, int], boxes: tuple[Box, ...], images: int) -> torch.Tensor:
-        """The hint cropped to ``boxes``, in (tile, image) order as broadcast_image_to expects."""
+    def crops(self, control, batch: TileBatch) -> torch.Tensor:
+        """The hint cropped to the batch's tiles, in (tile, image) order as broadcast_image_to expects."""
+        latent_hw = (batch.grid.height, batch.grid.width)
         key = (id(control), latent_hw)
         if key not in self.full:
             r = control.compression_ratio
@@ -82,12 +83,12 @@ class TiledHints:
                 control.cond_hint_original, latent_hw[1] * r, latent_hw[0] * r, control.upscale_algorithm, "center")
         full, r = self.full[key], control.compression_ratio
         parts = []
-        for b in boxes:
+        for b in batch.boxes:
             crop = full[:, :, b.top * r:b.bottom * r, b.left * r:b.right * r]
-            parts.append(comfy.utils.repeat_to_batch_size(crop, images))
+            parts.append(comfy.utils.repeat_to_batch_size(crop, batch.images))
         return torch.cat(parts)
 
-    def evaluate(self, request: ControlRequest, x, t, cond, transformer_options, latent_hw, indices, boxes, images):
+    def evaluate(self, request: ControlRequest, batch: TileBatch, x, t, cond, transformer_options):
         """Run the chain on a tile batch with each control's hint swapped for the tiles' crops.
 
         What a control derives from its hint (the resized hint; a T2I adapter's features) is kept
@@ -97,14 +98,14 @@ class TiledHints:
         saved = [(c, c.cond_hint_original) for c in chain]
         try:
             for c in chain:
-                c.cond_hint_original = self.crops(c, latent_hw, boxes, images)
-                prepared = self.prepared.get((id(c), indices, x.shape[0]), {})
+                c.cond_hint_original = self.crops(c, batch)
+                prepared = self.prepared.get((id(c), batch.indices, x.shape[0]), {})
                 for attr in PREPARED:
                     if hasattr(c, attr):
                         setattr(c, attr, prepared.get(attr))
             out = request.evaluate(x, t, cond, transformer_options)
             for c in chain:
-                self.prepared[(id(c), indices, x.shape[0])] = {a: getattr(c, a) for a in PREPARED if hasattr(c, a)}
+                self.prepared[(id(c), batch.indices, x.shape[0])] = {a: getattr(c, a) for a in PREPARED if hasattr(c, a)}
             return out
         finally:
             for c, original in saved:

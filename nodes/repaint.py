@@ -12,8 +12,10 @@ import functools
 import comfy.model_management
 import comfy.model_sampling
 import comfy.samplers
+from comfy_api.latest import io
 
 from ..cupscale.editing import repaint
+from .inputs import widget_names
 
 # These two choose their own steps between the first and last sigma, so they cannot follow a zigzag.
 OWN_STEP_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dpm_adaptive"}
@@ -49,7 +51,8 @@ class RePaintKSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        path = repaint.jump_schedule(len(sigmas) - 1, self.jump_length, self.resample_count)
+        with widget_names():
+            path = repaint.jump_schedule(len(sigmas) - 1, self.jump_length, self.resample_count)
         if len(path) > len(sigmas) and (sigmas[1:] > sigmas[:-1]).any():
             raise ValueError("sigmas: RePaint needs a descending schedule to jump back up; these rise "
                              f"somewhere: {[round(float(s), 4) for s in sigmas]}.")
@@ -65,35 +68,36 @@ class RePaintKSampler(comfy.samplers.Sampler):
         return ksampler.sample(model_wrap, sigmas, extra_args, report, noise, latent_image, denoise_mask, disable_pbar)
 
 
-class RePaintSampler:
+class RePaintSampler(io.ComfyNode):
     """SAMPLER -> SAMPLER with RePaint's resampling, for SamplerCustom / SamplerCustomAdvanced."""
 
-    CATEGORY = "cupscale/sampling"
-    FUNCTION = "wrap"
-    RETURN_TYPES = ("SAMPLER",)
-    DESCRIPTION = ("RePaint resampling (Lugmayr et al. 2022): every jump_length steps the sample is noised back "
-                   "jump_length steps and denoised again, resample_count times, so a masked edit harmonises with "
-                   "the kept background (Multi-Stage Blended Diffusion's first stage). Costs about resample_count "
-                   "times the steps. Works with the latent's noise mask and Tiled Blended Diffusion's mask; "
-                   "multistep samplers restart their history after each jump.")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RePaintSampler",
+            display_name="RePaint Resampling (cupscale)",
+            category="cupscale/sampling",
+            description=("RePaint resampling (Lugmayr et al. 2022): every jump_length steps the sample is noised "
+                         "back jump_length steps and denoised again, resample_count times, so a masked edit "
+                         "harmonises with the kept background (Multi-Stage Blended Diffusion's first stage). Costs "
+                         "about resample_count times the steps. Works with the latent's noise mask and Tiled "
+                         "Blended Diffusion's mask; multistep samplers restart their history after each jump."),
+            inputs=[
+                io.Sampler.Input("sampler"),
+                io.Int.Input("jump_length", default=1, min=1, max=1000,
+                             tooltip="Steps gone back (and redone) per jump; below the step count."),
+                io.Int.Input("resample_count", default=5, min=1, max=100,
+                             tooltip="Times each stretch of steps is sampled; 1 = the sampler alone."),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "sampler": ("SAMPLER",),
-                "jump_length": ("INT", {"default": 1, "min": 1, "max": 1000,
-                                        "tooltip": "Steps gone back (and redone) per jump; below the step count."}),
-                "resample_count": ("INT", {"default": 5, "min": 1, "max": 100,
-                                           "tooltip": "Times each stretch of steps is sampled; 1 = the sampler alone."}),
-            },
-        }
-
-    def wrap(self, sampler, jump_length, resample_count):
+    def execute(cls, sampler, jump_length, resample_count) -> io.NodeOutput:
         check_sampler(sampler)
-        repaint.check_resampling(jump_length, resample_count)
-        return (RePaintKSampler(sampler, jump_length, resample_count),)
+        with widget_names():
+            repaint.check_resampling(jump_length, resample_count)
+        return io.NodeOutput(RePaintKSampler(sampler, jump_length, resample_count))
 
 
-NODE_CLASS_MAPPINGS = {"RePaintSampler": RePaintSampler}
-NODE_DISPLAY_NAME_MAPPINGS = {"RePaintSampler": "RePaint Resampling (cupscale)"}
+NODES = [RePaintSampler]

@@ -1,13 +1,15 @@
 """TiledBlendedDiffusion: MultiDiffusion over overlapping tiles, optionally blended with a mask.
 
-Three wrappers on a clone of the model (core maths in cupscale.tiling.multidiffusion / cupscale.tiling.blended):
+Three wrappers on a clone of the model (core: cupscale.tiling.multidiffusion.run_tiles, cupscale.tiling.blended):
 - OUTER_SAMPLE prepares one run: the source latent and noise for blending, the progress bar.
 - CALC_COND_BATCH pins the background outside the mask and defers ControlNets to the tiles.
-- APPLY_MODEL splits each evaluation into tile batches and merges them with feathered weights;
-  the tiles being run are published as ``transformer_options["cupscale_tiles"]`` (a TileBatch).
+- APPLY_MODEL runs each evaluation as tile batches through the core's loop; the node's part of each
+  batch is the host's: conditioning and hint crops, interruption, the progress bar. The tiles being
+  run are published as ``transformer_options["cupscale_tiles"]`` (a TileBatch).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -15,12 +17,14 @@ import torch
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
+from comfy_api.latest import io
 
+from ..cupscale.schedule import step_index
 from ..cupscale.tiling import blended
 from ..cupscale.tiling.grid import RegionGrid, check_tile_settings, region_grid
-from ..cupscale.tiling.multidiffusion import TileBatch, TileMerger, gather_tiles, repeat_per_tile, tile_weights
-from .inputs import tile_inputs_v1, widget_names
+from ..cupscale.tiling.multidiffusion import TileBatch, repeat_per_tile, run_tiles, tile_value, tile_weights
 from .control_tiling import ControlRequest, TiledHints, defer_controls
+from .inputs import tile_inputs, widget_names
 
 TILES_KEY = "cupscale_tiles"
 RUN_KEY = "cupscale_tiled_run"
@@ -31,25 +35,6 @@ WrappersMP = comfy.patcher_extension.WrappersMP
 def latent_ratio(model_patcher) -> int:
     """Pixels per latent cell of the model's VAE (8 for SD1.5, SDXL, SD3, Flux)."""
     return getattr(model_patcher.model.latent_format, "spacial_downscale_ratio", 8)
-
-
-def mask_to_latent(mask: torch.Tensor, latent_hw: tuple[int, int], ratio: int) -> torch.Tensor:
-    """A MASK of the image's size (or the latent's) as ``(batch, 1, h, w)`` at latent resolution.
-
-    VAE Encode drops up to ``ratio - 1`` pixels of an image whose sides are not whole latent cells,
-    half on each side; a mask of the uncropped image is cropped the same way.
-    """
-    h, w = latent_hw
-    mh, mw = mask.shape[-2:]
-    mask = mask.reshape(-1, 1, mh, mw).float()
-    if (mh, mw) == (h, w):
-        return mask
-    if not (h * ratio <= mh < (h + 1) * ratio and w * ratio <= mw < (w + 1) * ratio):
-        raise ValueError(f"mask is {mw}x{mh} pixels but the latent being sampled is {w}x{h} "
-                         f"({w * ratio}x{h * ratio} pixels): give TiledBlendedDiffusion a mask of the image's size.")
-    top, left = (mh - h * ratio) // 2, (mw - w * ratio) // 2
-    mask = mask[:, :, top:top + h * ratio, left:left + w * ratio]
-    return torch.nn.functional.interpolate(mask, size=(h, w), mode="area")
 
 
 @dataclass
@@ -70,8 +55,7 @@ class TiledRun:
         sigma = transformer_options.get("sigmas")
         if self.progress is None or sigmas is None or sigma is None:
             return
-        step = int((sigmas[:-1] > sigma.max() * (1 + 1e-4)).sum())
-        value = step * self.tiles + round(done * self.tiles / total)
+        value = step_index(sigmas, float(sigma.max())) * self.tiles + round(done * self.tiles / total)
         # Never backwards: a resampler (RePaint) revisits noise levels it has passed.
         self.progress.update_absolute(max(value, self.progress.current), self.steps * self.tiles)
 
@@ -106,7 +90,8 @@ class TiledDiffusion:
         if not disable_pbar:
             run.progress = comfy.utils.ProgressBar(run.steps * run.tiles)
         if self.mask is not None:
-            run.mask = mask_to_latent(self.mask, hw, latent_ratio(guider.model_patcher))
+            with widget_names(mask="TiledBlendedDiffusion's mask"):
+                run.mask = blended.mask_at_latent(self.mask, hw, latent_ratio(guider.model_patcher))
             run.source = model.process_latent_in(latent_image) if torch.count_nonzero(latent_image) else latent_image
             run.noise = noise
         guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
@@ -123,7 +108,7 @@ class TiledDiffusion:
                 x_in = blended.blend(x_in, noised, mask)
         out = executor(model, defer_controls(conds), x_in, timestep, model_options)
         if pinned:
-            out = [blended.blend(o, blended.pinned_background(o, source, self.lowpass_sigma), mask) for o in out]
+            out = [blended.pin_background(o, source, mask, self.lowpass_sigma) for o in out]
         return out
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
@@ -133,82 +118,65 @@ class TiledDiffusion:
                 control = control.evaluate(x, t, control.cond, transformer_options)
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
-        cond = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn)
-
         run: TiledRun | None = transformer_options.get(RUN_KEY)
         chunks = len(transformer_options.get("cond_or_uncond", ())) or 1
-        images = x.shape[0] // chunks
-        todo = self.tiles_to_run(grid, run)
-        merger = TileMerger(x, grid, weights)
+        cond = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn)
         hints = run.hints if run is not None else TiledHints()
-        for start in range(0, len(todo), self.tiles_per_batch):
+
+        def evaluate(batch: TileBatch, tile_x: torch.Tensor) -> torch.Tensor:
             comfy.model_management.throw_exception_if_processing_interrupted()
-            indices = tuple(todo[start:start + self.tiles_per_batch])
-            batch = TileBatch(grid, indices, chunks, images)
-            boxes = batch.boxes
-            tile_cond = {k: tile_value(v, x, boxes, chunks) for k, v in cond.items()}
-            tile_t = repeat_per_tile(t, chunks, len(indices))
-            options = dict(transformer_options)
-            options[TILES_KEY] = batch
-            tile_x = gather_tiles(x, boxes, chunks)
+            tile_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in cond.items()}
+            tile_t = repeat_per_tile(t, chunks, len(batch.indices))
+            options = {**transformer_options, TILES_KEY: batch}
             tile_control = control
             if isinstance(control, ControlRequest):
-                control_cond = {k: tile_value(v, x, boxes, chunks) for k, v in control.cond.items()}
-                tile_control = hints.evaluate(control, tile_x, tile_t, control_cond, options,
-                                              tuple(x.shape[-2:]), indices, boxes, images)
+                control_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in control.cond.items()}
+                tile_control = hints.evaluate(control, batch, tile_x, tile_t, control_cond, options)
             c_cat, c_cross = tile_cond.pop("c_concat"), tile_cond.pop("c_crossattn")
-            out = executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
-            merger.add(out, indices, chunks)
-            if run is not None:
-                run.report(transformer_options, start + len(indices), len(todo))
-        return merger.result(fallback=x)
+            return executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
 
-    def tiles_to_run(self, grid: RegionGrid, run: TiledRun | None) -> list[int]:
-        """Every tile, except under a hard-pinned mask those wholly outside it (they'd be replaced)."""
+        report = None if run is None else functools.partial(run.report, transformer_options)
+        return run_tiles(x, grid, weights, self.tiles_per_batch, evaluate, chunks=chunks,
+                         tiles=self.tiles_to_run(grid, run), report=report)
+
+    def tiles_to_run(self, grid: RegionGrid, run: TiledRun | None) -> list[int] | None:
+        """Every tile (None), except under a hard-pinned mask only those it touches."""
         if run is None or run.mask is None or self.lowpass_sigma > 0:
-            return list(range(len(grid)))
-        return [i for i, b in enumerate(grid.boxes) if run.mask[(..., *b.slices())].max() > 0]
+            return None
+        return blended.tiles_touching(grid, run.mask)
 
 
-def tile_value(value, x: torch.Tensor, boxes, chunks: int):
-    """A conditioning entry for a tile batch: spatial maps cropped, per-item tensors repeated."""
-    if not torch.is_tensor(value) or value.shape[0] != x.shape[0]:
-        return value
-    if value.ndim == x.ndim and value.shape[-2:] == x.shape[-2:]:
-        return gather_tiles(value, boxes, chunks)
-    return repeat_per_tile(value, chunks, len(boxes))
-
-
-class TiledBlendedDiffusion:
+class TiledBlendedDiffusion(io.ComfyNode):
     """MODEL -> MODEL whose every evaluation runs as feathered, batched tiles (MultiDiffusion)."""
 
-    CATEGORY = "cupscale"
-    FUNCTION = "patch"
-    RETURN_TYPES = ("MODEL",)
-    DESCRIPTION = ("Splits every model evaluation into overlapping tiles, runs them in batches and merges "
-                   "them with feathered weights (MultiDiffusion). Tiles larger than the latent are clamped "
-                   "to it. With a mask, the area outside it stays the sampled latent (blended diffusion); "
-                   "background_lowpass > 0 keeps only its low frequencies there (Multi-Stage Blended Diffusion).")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="TiledBlendedDiffusion",
+            display_name="Tiled Blended Diffusion (cupscale)",
+            category="cupscale",
+            description=("Splits every model evaluation into overlapping tiles, runs them in batches and merges "
+                         "them with feathered weights (MultiDiffusion). Tiles larger than the latent are clamped "
+                         "to it. With a mask, the area outside it stays the sampled latent (blended diffusion); "
+                         "background_lowpass > 0 keeps only its low frequencies there (Multi-Stage Blended "
+                         "Diffusion)."),
+            inputs=[
+                io.Model.Input("model"),
+                *tile_inputs("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
+                io.Int.Input("tiles_per_batch", default=4, min=1, max=256,
+                             tooltip="Tiles evaluated together in one model call."),
+                io.Mask.Input("mask", optional=True,
+                              tooltip="Where to generate; outside it the sampled latent is kept. Same size as the image."),
+                io.Float.Input("background_lowpass", default=0.0, min=0.0, max=64.0, step=0.5, optional=True,
+                               tooltip="Gaussian sigma in latent cells: outside the mask keep only the latent's low "
+                                       "frequencies (0 = keep all)."),
+            ],
+            outputs=[io.Model.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL",),
-                **tile_inputs_v1("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
-                "tiles_per_batch": ("INT", {"default": 4, "min": 1, "max": 256,
-                                            "tooltip": "Tiles evaluated together in one model call."}),
-            },
-            "optional": {
-                "mask": ("MASK", {"tooltip": "Where to generate; outside it the sampled latent is kept. "
-                                             "Same size as the image."}),
-                "background_lowpass": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 64.0, "step": 0.5,
-                                                 "tooltip": "Gaussian sigma in latent cells: outside the mask keep "
-                                                            "only the latent's low frequencies (0 = keep all)."}),
-            },
-        }
-
-    def patch(self, model, tile_width, tile_height, overlap, tiles_per_batch, mask=None, background_lowpass=0.0):
+    def execute(cls, model, tile_width, tile_height, overlap, tiles_per_batch, mask=None,
+                background_lowpass=0.0) -> io.NodeOutput:
         with widget_names():
             check_tile_settings(tile_width, tile_height, overlap)
         if tiles_per_batch < 1:
@@ -224,8 +192,7 @@ class TiledBlendedDiffusion:
                          (WrappersMP.APPLY_MODEL, patch.apply_model)):
             patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
             patched.add_wrapper_with_key(kind, WRAPPER_KEY, fn)
-        return (patched,)
+        return io.NodeOutput(patched)
 
 
-NODE_CLASS_MAPPINGS = {"TiledBlendedDiffusion": TiledBlendedDiffusion}
-NODE_DISPLAY_NAME_MAPPINGS = {"TiledBlendedDiffusion": "Tiled Blended Diffusion (cupscale)"}
+NODES = [TiledBlendedDiffusion]

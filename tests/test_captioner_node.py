@@ -120,7 +120,7 @@ def host_tile_grid(host, h, w, tile, overlap):
     """The grid TiledBlendedDiffusion itself builds for a latent of this image (read off its patch)."""
     from harness import tiny_models
     import comfy.patcher_extension
-    patched = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().patch(tiny_models.tiny_model("sd15"), tile, tile,
+    patched = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().execute(tiny_models.tiny_model("sd15"), tile, tile,
                                                                        overlap, 4)[0]
     wrappers = patched.wrappers[comfy.patcher_extension.WrappersMP.APPLY_MODEL]
     patch = next(iter(wrappers.values()))[0].__self__

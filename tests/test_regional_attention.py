@@ -39,7 +39,7 @@ def nodes_(host, tiny):
 
     class Nodes:
         encode = staticmethod(lambda text: n["CLIPTextEncode"]().encode(clip, text)[0])
-        tiled = staticmethod(lambda model, tile=TILE, overlap=OVERLAP: n["TiledBlendedDiffusion"]().patch(
+        tiled = staticmethod(lambda model, tile=TILE, overlap=OVERLAP: n["TiledBlendedDiffusion"]().execute(
             model, tile, tile, overlap, 4)[0])
         prior = staticmethod(lambda model, low, cond, blocks="all", res="1/2 and coarser", start=0.0, end=1.0:
                              n["RegionalAttentionPrior"]().patch(model, {"samples": low}, cond, blocks, res, start, end)[0])

@@ -155,7 +155,7 @@ def setup(host, tiny):
 
 def repaint_sampler(host, name="euler", jump=2, resample=3):
     inner = host.NODE_CLASS_MAPPINGS["KSamplerSelect"]().get_sampler(name)[0]
-    return host.NODE_CLASS_MAPPINGS["RePaintSampler"]().wrap(inner, jump, resample)[0], inner
+    return host.NODE_CLASS_MAPPINGS["RePaintSampler"]().execute(inner, jump, resample)[0], inner
 
 
 def sigmas_for(host, model, steps=6, denoise=1.0):
@@ -241,7 +241,7 @@ def test_noise_mask_keeps_the_source_outside(host, setup, flow):
 def test_tiled_blended_mask_keeps_the_source_outside(host, setup):
     model, pos, neg = setup
     mask = box_mask()
-    tiled = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().patch(model, 64, 64, 16, 9, mask=mask)[0]
+    tiled = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().execute(model, 64, 64, 16, 9, mask=mask)[0]
     source = smooth_latent(16, 16)
     sampler, _ = repaint_sampler(host, "dpmpp_2m", jump=2, resample=3)
     out = sample_custom(host, tiled, pos, neg, sampler, sigmas_for(host, model, 6, 0.7), {"samples": source})
@@ -257,9 +257,9 @@ def test_tiled_blended_lowpass_background_keeps_its_low_frequencies(host, setup)
     source = smooth_latent(16, 16)
     sampler, _ = repaint_sampler(host, "euler", jump=2, resample=3)
     sigmas = sigmas_for(host, model, 6, 0.7)
-    pinned = sample_custom(host, node.patch(model, 64, 64, 16, 9, mask=mask, background_lowpass=2.0)[0],
+    pinned = sample_custom(host, node.execute(model, 64, 64, 16, 9, mask=mask, background_lowpass=2.0)[0],
                            pos, neg, sampler, sigmas, {"samples": source})
-    free = sample_custom(host, node.patch(model, 64, 64, 16, 9)[0], pos, neg, sampler, sigmas, {"samples": source})
+    free = sample_custom(host, node.execute(model, 64, 64, 16, 9)[0], pos, neg, sampler, sigmas, {"samples": source})
     keep = mask[0] == 0
     low_error = lambda out: (gaussian_lowpass(out, 4.0) - gaussian_lowpass(source, 4.0))[..., keep].abs().mean()
     assert torch.isfinite(pinned).all()
@@ -289,18 +289,18 @@ def test_bad_node_inputs_are_named(host, setup):
     node = host.NODE_CLASS_MAPPINGS["RePaintSampler"]()
     euler = comfy.samplers.sampler_object("euler")
     with pytest.raises(ValueError, match="resample_count = 0"):
-        node.wrap(euler, 1, 0)
+        node.execute(euler, 1, 0)
     with pytest.raises(ValueError, match="jump_length = 0"):
-        node.wrap(euler, 0, 2)
+        node.execute(euler, 0, 2)
     with pytest.raises(ValueError, match="sampler: dpm_adaptive picks its own steps"):
-        node.wrap(comfy.samplers.sampler_object("dpm_adaptive"), 1, 2)
+        node.execute(comfy.samplers.sampler_object("dpm_adaptive"), 1, 2)
     with pytest.raises(ValueError, match="sampler: RePaint wraps k-diffusion samplers"):
-        node.wrap(comfy.samplers.Sampler(), 1, 2)
+        node.execute(comfy.samplers.Sampler(), 1, 2)
     with pytest.raises(ValueError, match="jump_length = 6 must be smaller than the number of steps being sampled"):
-        sample_custom(host, model, pos, neg, node.wrap(euler, 6, 2)[0], sigmas_for(host, model, 6),
+        sample_custom(host, model, pos, neg, node.execute(euler, 6, 2)[0], sigmas_for(host, model, 6),
                       {"samples": smooth_latent(16, 16)})
     with pytest.raises(ValueError, match="sigmas: RePaint needs a descending schedule"):
-        sample_custom(host, model, pos, neg, node.wrap(euler, 1, 2)[0], torch.tensor([3.0, 1.0, 2.0, 0.0]),
+        sample_custom(host, model, pos, neg, node.execute(euler, 1, 2)[0], torch.tensor([3.0, 1.0, 2.0, 0.0]),
                       {"samples": smooth_latent(16, 16)})
 
 

@@ -235,7 +235,7 @@ def test_tiled_xpsr_runs_per_tile_on_its_crop_of_the_lr_image(host, tiny, xpsr, 
     image, latent = lr_image(384, 512, seed=8), smooth_latent(48, 64)
     x_model, x_pos, x_neg = xpsr(model, pos, neg, low, image)
     whole = ksampler(host, x_model, x_pos, x_neg, latent, steps=2)
-    one_tile = tiled.patch(x_model, 512, 512, 64, 4)[0]
+    one_tile = tiled.execute(x_model, 512, 512, 64, 4)[0]
     assert (ksampler(host, one_tile, x_pos, x_neg, latent, steps=2) - whole).abs().max() <= 1e-5
 
     control_type = type(x_pos[0][1]["control"])
@@ -248,7 +248,7 @@ def test_tiled_xpsr_runs_per_tile_on_its_crop_of_the_lr_image(host, tiny, xpsr, 
         return out
     control_type.get_control = spy
     try:
-        tiles = tiled.patch(x_model, 256, 256, 64, 4)[0]
+        tiles = tiled.execute(x_model, 256, 256, 64, 4)[0]
         out = ksampler(host, tiles, x_pos, x_neg, latent, steps=2)
     finally:
         control_type.get_control = original

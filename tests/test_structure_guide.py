@@ -208,7 +208,7 @@ def test_decay_weights_reach_the_sampler(tiny, pack_node):
 def test_guide_acts_on_the_merged_tiles_in_either_chain_order(tiny, pack_node):
     base = tiny.tiny_model("sd15")
     reference = reference_latent()
-    tiles = lambda m: pack_node("TiledBlendedDiffusion").patch(m, 192, 192, 64, 4)[0]  # 2x2 tiles of 24 cells
+    tiles = lambda m: pack_node("TiledBlendedDiffusion").execute(m, 192, 192, 64, 4)[0]  # 2x2 tiles of 24 cells
     outputs = []
     for chain in (lambda rec: guided(pack_node, rec(tiles(base)), reference),   # tiles, then the guide
                   lambda rec: tiles(guided(pack_node, rec(base), reference))):  # the guide, then tiles

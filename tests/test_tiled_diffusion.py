@@ -20,7 +20,7 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def tiled(host):
     node = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]()
-    return lambda model, tile=256, overlap=64, per_batch=4, **kw: node.patch(model, tile, tile, overlap, per_batch, **kw)[0]
+    return lambda model, tile=256, overlap=64, per_batch=4, **kw: node.execute(model, tile, tile, overlap, per_batch, **kw)[0]
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sdxl"])
@@ -264,7 +264,7 @@ def test_bad_tiling_inputs_name_the_input(tiny, host, kwargs, needle):
     node = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]()
     args = {"model": tiny.tiny_model("sd15"), "tile_width": 512, "tile_height": 512, "overlap": 64, "tiles_per_batch": 4}
     with pytest.raises(ValueError, match=needle):
-        node.patch(**{**args, **kwargs})
+        node.execute(**{**args, **kwargs})
 
 
 def test_mask_of_an_image_with_partial_latent_cells_is_cropped_as_vae_encode_crops(tiny, tiled):

@@ -1,4 +1,4 @@
-"""RePaint resampling (Lugmayr et al. 2022, "RePaint", Sec. 4.2 and Fig. 9/10; seed 002's first stage).
+"""RePaint resampling (Lugmayr et al. 2022, "RePaint", Sec. 4.2 and Fig. 9/10).
 
 Blended diffusion pins the background to the noised source, but each step sees that background
 only once, so the generated region need not agree with it. RePaint lets the two harmonise: after
@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InputError
+
 
 def jump_schedule(steps: int, jump_length: int, resample_count: int) -> list[int]:
     """RePaint's time schedule with jumps, as sigma indices.
@@ -32,9 +34,9 @@ def jump_schedule(steps: int, jump_length: int, resample_count: int) -> list[int
     """
     check_resampling(jump_length, resample_count)
     if jump_length >= steps:
-        raise ValueError(f"jump_length = {jump_length} must be smaller than the number of steps being sampled "
-                         f"({steps}; with denoise < 1 only the steps after the start count): lower jump_length "
-                         "or raise the steps.")
+        raise InputError(f"{{jump}} = {jump_length} must be smaller than the number of steps being sampled "
+                         f"({steps}; with denoise < 1 only the steps after the start count): lower {{jump}} "
+                         "or raise the steps.", jump="jump_length")
     jumps_left = {k: resample_count - 1 for k in range(steps - 1, jump_length - 1, -jump_length)}
     path, k = [0], 0
     while k < steps:
@@ -49,10 +51,10 @@ def jump_schedule(steps: int, jump_length: int, resample_count: int) -> list[int
 
 def check_resampling(jump_length: int, resample_count: int) -> None:
     if resample_count < 1:
-        raise ValueError(f"resample_count = {resample_count} must be at least 1 "
-                         "(1 = no resampling: the wrapped sampler alone).")
+        raise InputError(f"{{count}} = {resample_count} must be at least 1 "
+                         "(1 = no resampling: the wrapped sampler alone).", count="resample_count")
     if jump_length < 1:
-        raise ValueError(f"jump_length = {jump_length} must be at least 1 step.")
+        raise InputError(f"{{jump}} = {jump_length} must be at least 1 step.", jump="jump_length")
 
 
 def monotone_runs(path: list[int]) -> list[tuple[int, int]]:

@@ -13,6 +13,7 @@ broadcasting keep working unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -111,3 +112,34 @@ class TileMerger:
         if fallback is not None:
             merged = torch.where(covered, merged, fallback)
         return merged
+
+
+def tile_value(value, x: torch.Tensor, boxes: tuple[Box, ...], chunks: int):
+    """A model-call entry for a tile batch (conditioning, a hint's cond): maps the size of ``x``
+    cropped to ``boxes``, other per-item tensors repeated per tile, anything else as it is."""
+    if not torch.is_tensor(value) or value.shape[0] != x.shape[0]:
+        return value
+    if value.ndim == x.ndim and value.shape[-2:] == x.shape[-2:]:
+        return gather_tiles(value, boxes, chunks)
+    return repeat_per_tile(value, chunks, len(boxes))
+
+
+def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_size: int,
+              evaluate: Callable[[TileBatch, torch.Tensor], torch.Tensor], *, chunks: int = 1,
+              tiles: list[int] | None = None, report: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """One MultiDiffusion evaluation: ``evaluate(batch, tile_x)`` on ``tiles`` (default: all) in batches of
+    ``batch_size``, the predictions merged with the feathered ``weights``; cells no tile covers keep ``x``.
+
+    ``x`` holds ``chunks`` chunks of images; ``evaluate`` gets and returns them laid out chunk-major. It
+    is the caller's model call with whatever rides along (conditioning crops, hints, interruption);
+    ``report(done, total)`` hears of each finished batch.
+    """
+    tiles = list(range(len(grid))) if tiles is None else tiles
+    images = x.shape[0] // chunks
+    merger = TileMerger(x, grid, weights)
+    for start in range(0, len(tiles), batch_size):
+        batch = TileBatch(grid, tuple(tiles[start:start + batch_size]), chunks, images)
+        merger.add(evaluate(batch, gather_tiles(x, batch.boxes, chunks)), batch.indices, chunks)
+        if report is not None:
+            report(start + len(batch.indices), len(tiles))
+    return merger.result(fallback=x)
