@@ -35,8 +35,8 @@ def node(name):
 
 
 def guide(model, reference, kind, strength=1.0):
-    return node("LowFreqStructureGuide").patch(model, {"samples": reference}, strength, kind, BANDS["gaussian"],
-                                               BANDS["fft"], 0.0, 1.0, "constant")[0]
+    return node("LowFreqStructureGuide").execute(model, {"samples": reference}, strength, kind, BANDS["gaussian"],
+                                                 BANDS["fft"], 0.0, 1.0, "constant")[0]
 
 
 def structured_reference(seed: int) -> torch.Tensor:

@@ -52,7 +52,7 @@ class JobProgress:
         self.stages = [k for k, v in prompt.items() if v["class_type"] in SAMPLERS]
         self.done: list[str] = []
         self.bar = tqdm(total=max(len(self.stages), 1), file=sys.stderr, dynamic_ncols=True, desc="upscaling",
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+                        bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
 
     def hook(self, value, total, preview=None, node_id=None) -> None:
         from comfy_execution.utils import get_executing_context

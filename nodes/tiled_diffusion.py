@@ -43,17 +43,17 @@ class TiledRun:
 
     steps: int
     tiles: int
+    progress: comfy.utils.ProgressBar
     source: torch.Tensor | None = None
     noise: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     hints: TiledHints = field(default_factory=TiledHints)
-    progress: comfy.utils.ProgressBar | None = None
 
     def report(self, transformer_options: dict, done: int, total: int) -> None:
         """Tile-level progress on the same scale as the sampler's own step bar (steps x tiles)."""
         sigmas = transformer_options.get("sample_sigmas")
         sigma = transformer_options.get("sigmas")
-        if self.progress is None or sigmas is None or sigma is None:
+        if sigmas is None or sigma is None:
             return
         value = step_index(sigmas, float(sigma.max())) * self.tiles + round(done * self.tiles / total)
         # Never backwards: a resampler (RePaint) revisits noise levels it has passed.
@@ -86,9 +86,10 @@ class TiledDiffusion:
         guider = executor.class_obj
         model = guider.model_patcher.model
         hw = tuple(noise.shape[-2:])
-        run = TiledRun(steps=max(1, sigmas.shape[-1] - 1), tiles=len(self.grid(hw)[0]))
-        if not disable_pbar:
-            run.progress = comfy.utils.ProgressBar(run.steps * run.tiles)
+        steps, tiles = max(1, sigmas.shape[-1] - 1), len(self.grid(hw)[0])
+        # Like the sampler's own ProgressBar (latent_preview.prepare_callback), this reports to the UI and to
+        # progress hooks whatever disable_pbar says: that flag is for the console's tqdm bars.
+        run = TiledRun(steps, tiles, comfy.utils.ProgressBar(steps * tiles))
         if self.mask is not None:
             with widget_names(mask="TiledBlendedDiffusion's mask"):
                 run.mask = blended.mask_at_latent(self.mask, hw, latent_ratio(guider.model_patcher))
