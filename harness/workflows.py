@@ -7,12 +7,13 @@ from pathlib import Path
 
 from harness.comfy_host import PACK_DIR
 
-WORKFLOWS = PACK_DIR / "workflows"
+TEMPLATES = PACK_DIR / "example_workflows"  # UI format: what ComfyUI lists and serves as templates
+WORKFLOWS = TEMPLATES / "api"  # API format: what scripts queue and tests run
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple"}
 
 
 def load(name: str) -> dict:
-    """An API-format workflow by file name (``workflows/<name>``) or path."""
+    """An API-format workflow by file name (``example_workflows/api/<name>``) or path."""
     path = Path(name) if Path(name).exists() else WORKFLOWS / name
     if not path.exists():
         raise FileNotFoundError(f"workflow {name!r} not found; shipped ones: "

@@ -1,9 +1,10 @@
 """Ship each API-format workflow also in the UI (LiteGraph, schema 0.4) format users drag into ComfyUI.
 
-    python scripts/api_to_ui.py workflows/X.api.json [...] [--check]
+    python scripts/api_to_ui.py example_workflows/api/X.api.json [...] [--check]
 
-writes workflows/X.json beside each X.api.json; with --check it writes nothing and exits 1 when a UI
-file is missing or out of date. ``ui_to_api`` goes back the way the frontend's graphToPrompt does.
+writes example_workflows/X.json for each example_workflows/api/X.api.json (the folder ComfyUI lists as
+templates holds UI-format files only); with --check it writes nothing and exits 1 when a UI file is
+missing or out of date. ``ui_to_api`` goes back the way the frontend's graphToPrompt does.
 
 The rules for which inputs are widgets, and the order of ``widgets_values``, are those of
 comfyui-frontend-package 1.27.10 (the one ComfyUI v0.3.64 pins), read from its sources:
@@ -46,6 +47,35 @@ UPLOAD_VALUE = "image"   # the upload button's value, written to widgets_values 
 
 MODE_ALWAYS, MODE_NEVER = 0, 2
 COLUMN_WIDTH, NODE_WIDTH, MARGIN, TITLE_HEIGHT, GAP = 380, 320, 50, 30, 40
+GROUP_PAD, GROUP_TITLE, NOTE_WIDTH = 20, 50, 420
+VIRTUAL_NODES = {"Note", "MarkdownNote"}  # frontend-only: graphToPrompt leaves them out of the prompt
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a person reads the graph (``<name>.layout.json`` beside the API file): groups left to right, each
+    a stage of the job; a note with the model files; nodes whose widgets are rarely changed, collapsed."""
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    note: str = ""
+    collapsed: frozenset[str] = frozenset()
+
+    @classmethod
+    def beside(cls, api_path: Path) -> "Layout":
+        path = api_path.with_name(api_path.name[:-len(".api.json")] + ".layout.json")
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        return cls(tuple((g["title"], tuple(g["nodes"])) for g in raw.get("groups", [])), raw.get("note", ""),
+                   frozenset(raw.get("collapsed", [])))
+
+    def check(self, prompt: dict) -> None:
+        grouped = [n for _, nodes in self.groups for n in nodes]
+        missing, extra = set(prompt) - set(grouped), set(grouped) - set(prompt)
+        if self.groups and (missing or extra or len(grouped) != len(set(grouped))):
+            raise ValueError(f"layout groups must hold every node once: missing {sorted(missing)}, unknown "
+                             f"{sorted(extra)}, repeated {sorted({n for n in grouped if grouped.count(n) > 1})}")
+        if not self.collapsed <= set(prompt):
+            raise ValueError(f"layout collapses unknown nodes {sorted(self.collapsed - set(prompt))}")
 
 
 @dataclass(frozen=True)
@@ -196,17 +226,18 @@ def _height(n_sockets: int, n_outputs: int, slots: list[WidgetSlot], specs: dict
     return height + (250 if any(s.kind == "upload" for s in slots) else 0)
 
 
-def api_to_ui(prompt: dict, defs: dict) -> dict:
-    """The UI-format workflow the frontend would export for this API-format prompt."""
+def api_to_ui(prompt: dict, defs: dict, layout: Layout = Layout()) -> dict:
+    """The UI-format workflow the frontend would export for this API-format prompt, laid out by ``layout``."""
     for node_id in prompt:
         if not node_id.isdigit():
             raise ValueError(f"node id {node_id!r}: the UI format needs integer node ids")
     ids = sorted(prompt, key=int)
+    layout.check(prompt)
     depth = depths(prompt)
     # Execution order: by column, then id (LGraph recomputes `order` on load anyway).
     order = {k: i for i, k in enumerate(sorted(ids, key=lambda k: (depth[k], int(k))))}
 
-    links, nodes, column_y = [], [], {}
+    links, nodes = [], []
     outputs: dict[str, list[dict]] = {}
     for node_id in ids:
         outputs[node_id] = [{"name": n, "type": t, "links": None, "slot_index": i}
@@ -265,14 +296,11 @@ def api_to_ui(prompt: dict, defs: dict) -> dict:
                 value = value["__value__"]
             widgets_values.append(value)
 
-        col = depth[node_id]
         height = (_height(sum(1 for i in inputs if "widget" not in i), len(outputs[node_id]), slots, specs)
                   + REGION_PANEL_HEIGHT.get(node["class_type"], 0))
-        y = column_y.get(col, MARGIN + TITLE_HEIGHT)
-        column_y[col] = y + height + TITLE_HEIGHT + GAP
-        ui_node = {"id": int(node_id), "type": node["class_type"], "pos": [MARGIN + col * COLUMN_WIDTH, y],
-                   "size": [NODE_WIDTH, height], "flags": {}, "order": order[node_id], "mode": MODE_ALWAYS,
-                   "inputs": inputs, "outputs": outputs[node_id]}
+        ui_node = {"id": int(node_id), "type": node["class_type"], "pos": [0, 0], "size": [NODE_WIDTH, height],
+                   "flags": {"collapsed": True} if node_id in layout.collapsed else {}, "order": order[node_id],
+                   "mode": MODE_ALWAYS, "inputs": inputs, "outputs": outputs[node_id]}
         title = node.get("_meta", {}).get("title")
         if title and title != defn.get("display_name", node["class_type"]):
             ui_node["title"] = title
@@ -280,9 +308,41 @@ def api_to_ui(prompt: dict, defs: dict) -> dict:
         ui_node["widgets_values"] = widgets_values
         nodes.append(ui_node)
 
-    return {"last_node_id": max((int(k) for k in ids), default=0), "last_link_id": len(links),
-            "nodes": nodes, "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
+    last_id = max((int(k) for k in ids), default=0)
+    groups = place(nodes, depth, layout, left=MARGIN + (NOTE_WIDTH + COLUMN_WIDTH - NODE_WIDTH if layout.note else 0))
+    if layout.note:
+        last_id += 1
+        nodes.insert(0, {"id": last_id, "type": "Note", "pos": [MARGIN, MARGIN + GROUP_TITLE],
+                         "size": [NOTE_WIDTH, 24 + 19 * sum(1 + len(line) // 58 for line in layout.note.splitlines())],
+                         "flags": {}, "order": len(ids), "mode": MODE_ALWAYS, "inputs": [], "outputs": [],
+                         "title": "Models and settings", "properties": {}, "widgets_values": [layout.note],
+                         "color": "#432", "bgcolor": "#653"})
+    return {"last_node_id": last_id, "last_link_id": len(links), "nodes": nodes, "links": links, "groups": groups,
+            "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
+
+
+def place(nodes: list[dict], depth: dict[str, int], layout: Layout, left: int) -> list[dict]:
+    """Positions for ``nodes`` and the groups around them: each group (a stage) to the right of the last, its
+    nodes in columns by their depth in the graph, stacked top down; returns the UI's group entries."""
+    by_id = {str(n["id"]): n for n in nodes}
+    groups, x = [], left
+    for title, members in layout.groups or (("", tuple(by_id)),):
+        columns = sorted({depth[m] for m in members})
+        bottom = top = MARGIN + GROUP_TITLE + TITLE_HEIGHT
+        for col, d in enumerate(columns):
+            y = top
+            for m in sorted((m for m in members if depth[m] == d), key=int):
+                node = by_id[m]
+                node["pos"] = [x + col * COLUMN_WIDTH, y]
+                y += (0 if node["flags"].get("collapsed") else node["size"][1]) + TITLE_HEIGHT + GAP
+            bottom = max(bottom, y)
+        width = (len(columns) - 1) * COLUMN_WIDTH + NODE_WIDTH
+        if title:
+            groups.append({"title": title, "bounding": [x - GROUP_PAD, top - TITLE_HEIGHT - GROUP_TITLE + GROUP_PAD,
+                                                        width + 2 * GROUP_PAD, bottom - top + GROUP_TITLE],
+                           "color": "#3f789e", "font_size": 24, "flags": {}})
+        x += width + COLUMN_WIDTH - NODE_WIDTH + 2 * GROUP_PAD
+    return groups
 
 
 def ui_to_api(ui: dict, node_defs: dict) -> dict:
@@ -291,7 +351,7 @@ def ui_to_api(ui: dict, node_defs: dict) -> dict:
     links = {link[0]: link for link in ui.get("links", [])}
     prompt = {}
     for node in ui["nodes"]:
-        if node.get("mode", MODE_ALWAYS) == MODE_NEVER:
+        if node.get("mode", MODE_ALWAYS) == MODE_NEVER or node["type"] in VIRTUAL_NODES:
             continue
         if node.get("mode", MODE_ALWAYS) != MODE_ALWAYS:
             raise ValueError(f"node {node['id']}: mode {node['mode']} (bypass?) is not supported by ui_to_api")
@@ -311,7 +371,7 @@ def ui_to_api(ui: dict, node_defs: dict) -> dict:
                 inputs[slot["name"]] = [str(link[1]), int(link[2])]
         prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"],
                                    "_meta": {"title": node.get("title") or defn.get("display_name", node["type"])}}
-    muted = {k for k in map(str, (n["id"] for n in ui["nodes"])) if k not in prompt}
+    muted = {str(n["id"]) for n in ui["nodes"] if str(n["id"]) not in prompt and n["type"] not in VIRTUAL_NODES}
     for entry in prompt.values():
         entry["inputs"] = {k: v for k, v in entry["inputs"].items()
                            if not (isinstance(v, list) and len(v) == 2 and v[0] in muted)}
@@ -321,14 +381,14 @@ def ui_to_api(ui: dict, node_defs: dict) -> dict:
 def ui_path(api_path: Path) -> Path:
     if not api_path.name.endswith(".api.json"):
         raise ValueError(f"{api_path}: expected an API-format workflow named <name>.api.json")
-    return api_path.with_name(api_path.name[:-len(".api.json")] + ".json")
+    return api_path.parent.parent / (api_path.name[:-len(".api.json")] + ".json")
 
 
 def render(api_path: Path, defs: dict | None = None) -> str:
     """The UI file's text for an API-format workflow file."""
     prompt = json.loads(api_path.read_text())
     defs = defs or object_info({v["class_type"] for v in prompt.values()})
-    return json.dumps(api_to_ui(prompt, defs), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(api_to_ui(prompt, defs, Layout.beside(api_path)), indent=2, ensure_ascii=False) + "\n"
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
     python scripts/queue_workflow.py WORKFLOW [--server http://127.0.0.1:8188] [--image in.png]
            [--output out.png] [--set NODE_ID.input=value ...] [--timeout SECONDS]
 
-WORKFLOW is a file in workflows/ (``upscale_x2_5_implicit.api.json``) or a path to any API-format
+WORKFLOW is a file in example_workflows/api/ (``upscale_x2_5_implicit.api.json``) or a path to any API-format
 workflow. The script uploads --image to the server's input folder (POST /upload/image) and points
 every LoadImage of the workflow at it, queues the workflow (POST /prompt with this client's id),
 prints the progress the server reports over its websocket (/ws?clientId=...), and downloads the
@@ -211,7 +211,7 @@ def destination(output: Path | None, filename: str, index: int, count: int) -> P
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("workflow", help="a file in workflows/ or a path (API format, *.api.json)")
+    p.add_argument("workflow", help="a file in example_workflows/api/ or a path (API format, *.api.json)")
     p.add_argument("--server", default=DEFAULT_SERVER, help=f"ComfyUI's address (default {DEFAULT_SERVER})")
     p.add_argument("--image", type=Path, help="uploaded, and given to every LoadImage of the workflow")
     p.add_argument("--output", type=Path, help="where to write the saved image (default: the server's file name)")

@@ -4,27 +4,33 @@ A real server (harness.server.ComfyServer) serves the frontend and the pack's js
 shipped UI-format workflows into the canvas, check that every node type is known, that the region
 panels draw the grid of cupscale/tiling/grid.py (js/grid.js is checked against it on many sizes), and edit a
 region's prompt by clicking it: the JSON the editor writes is read back by the Python parser and
-accepted by the server on the next run. Screenshots go to a temporary folder whose path is printed.
+accepted by the server on the next run. Every template the server lists for the pack is opened as the
+Templates browser opens it. Screenshots go to a temporary folder whose path is printed; with
+CUPSCALE_DOCS=1 (scripts/make_docs.sh) the README's screenshots go to docs/ and each template's
+thumbnail beside it, as small files.
 
 Needs /usr/bin/chromium (bash scripts/install_browser.sh) and playwright (requirements-dev.txt); it
 fails, never skips, when they are missing.
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import tiny_vlms
 from cupscale.captioning.captioner import image_grid
 from cupscale.tiling.grid import region_grid
 from cupscale.captioning.region_prompts import from_json, pixel_box
 from harness.comfy_host import PACK_DIR
+from harness.photos import photo
 from harness.server import ComfyServer
-from harness.workflows import WORKFLOWS
+from harness.workflows import TEMPLATES
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -40,10 +46,11 @@ def server(tmp_path_factory):
     """ComfyUI with the pack, an input image, a tiny VLM in models/LLM and no first-run dialogs."""
     base = tmp_path_factory.mktemp("comfy")
     (base / "input").mkdir()
-    Image.new("RGB", INPUT_SIZE, (40, 110, 170)).save(base / "input" / "input.png")
+    ImageOps.fit(photo("chelsea"), INPUT_SIZE).save(base / "input" / "input.png")  # a real photo, for the docs
     tiny_vlms.llava(base / "models" / "LLM" / "tiny-llava")
     (base / "user" / "default").mkdir(parents=True)
-    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps({"Comfy.TutorialCompleted": True,
+                                                                                   "Comfy.Minimap.Visible": False}))
     with ComfyServer(base) as server:  # its process runs with one thread, like the tests
         yield server
 
@@ -53,6 +60,35 @@ def screenshots(tmp_path_factory):
     folder = tmp_path_factory.mktemp("screenshots")
     print(f"\nbrowser screenshots: {folder}")
     return folder
+
+
+def keep(png: bytes, path: Path, width: int | None = None) -> None:
+    """A screenshot kept for the README or as a template thumbnail (with CUPSCALE_DOCS=1): scaled to
+    ``width`` and, for PNGs, reduced to 256 colours so the repo stays small."""
+    if not os.environ.get("CUPSCALE_DOCS"):
+        return
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    if width and image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+    if path.suffix == ".png":
+        image = image.quantize(256, method=Image.Quantize.MEDIANCUT)
+    image.save(path, optimize=True, **({"quality": 85} if path.suffix == ".jpg" else {}))
+
+
+def show_graph_start(page, scale: float = 0.65) -> None:
+    """The graph from its top left corner at ``scale``, large enough for the canvas to draw text: the note
+    and the first groups, as a person opening the template first sees them."""
+    page.evaluate(f"""(scale) => new Promise((resolve) => {{
+        const app = {APP}
+        const boxes = app.graph.nodes.map((n) => [n.pos[0], n.pos[1] - 30])
+            .concat(app.graph.groups.map((g) => g._bounding ?? g.bounding))
+        const {{ ds }} = app.canvas
+        ds.scale = scale
+        ds.offset[0] = 40 - Math.min(...boxes.map((b) => b[0]))
+        ds.offset[1] = 40 - Math.min(...boxes.map((b) => b[1]))
+        app.graph.setDirtyCanvas(true, true)
+        requestAnimationFrame(() => requestAnimationFrame(resolve))
+    }})""", scale)
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +124,10 @@ def page(server, browser_context):
     page.close()
 
 
-def load_workflow(page, name: str) -> dict[str, int]:
-    """Load a shipped UI-format workflow into the canvas; node ids by type. Fails on missing nodes."""
-    ui = json.loads((WORKFLOWS / name).read_text())
+def load_workflow(page, workflow: str | dict) -> dict[str, int]:
+    """Load a shipped UI-format workflow (a file name, or the graph) into the canvas; node ids by type.
+    Fails on missing nodes."""
+    ui = json.loads((TEMPLATES / workflow).read_text()) if isinstance(workflow, str) else workflow
     result = page.evaluate(f"""async (ui) => {{
         window.cupscaleMissing = null
         await {APP}.loadGraphData(ui)
@@ -123,6 +160,19 @@ def show(page, node_id: int) -> dict:
         app.graph.setDirtyCanvas(true, true)
         requestAnimationFrame(() => requestAnimationFrame(() => resolve(window.cupscale.regionsFor(id))))
     }})""", node_id)
+
+
+def panel_clip(page, node_id: int, margin: int = 24) -> dict:
+    """The node on screen with a margin, for a screenshot of its panel."""
+    return page.evaluate(f"""([id, margin]) => {{
+        const app = {APP}
+        const node = app.graph.getNodeById(id)
+        const [x, y] = app.canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - 30])
+        const rect = app.canvas.canvas.getBoundingClientRect()
+        const s = app.canvas.ds.scale
+        return {{x: Math.max(rect.left + x - margin, 0), y: Math.max(rect.top + y - margin, 0),
+                 width: node.size[0] * s + 2 * margin, height: (node.size[1] + 30) * s + 2 * margin}}
+    }}""", [node_id, margin])
 
 
 def shown_when(page, node_id: int, condition: str) -> dict:
@@ -165,11 +215,19 @@ def test_js_grid_is_the_python_grid(page, server):
     assert sum(e == "error" for e in expected) > 50 and sum(e != "error" and e[0] * e[1] > 4 for e in expected) > 500
 
 
-def test_every_shipped_workflow_loads_with_every_node_known(page):
-    ui_files = sorted(p.name for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
-    assert len(ui_files) >= 4
-    for name in ui_files:
-        load_workflow(page, name)
+def test_every_listed_template_opens_with_every_node_known(page, server, screenshots):
+    """As the Templates browser opens them: the names /workflow_templates lists, each graph fetched from
+    /api/workflow_templates/<pack>/<name>.json and loaded."""
+    listed = server.get("/workflow_templates")[PACK_DIR.name]
+    assert sorted(listed) == sorted(p.stem for p in TEMPLATES.glob("*.json")) and len(listed) >= 7
+    for name in sorted(listed):
+        ui = page.evaluate("(url) => fetch(url).then((r) => r.json())",
+                           f"/api/workflow_templates/{PACK_DIR.name}/{name}.json")
+        load_workflow(page, ui)
+        show_graph_start(page)
+        png = page.screenshot(path=str(screenshots / f"template_{name}.png"))
+        keep(png, TEMPLATES / f"{name}.jpg", width=640)
+        keep(png, PACK_DIR / "docs" / f"workflow_{name}.png", width=1200)
 
 
 def test_each_stage_of_the_blended_edit_shows_the_size_it_samples(page):
@@ -188,7 +246,8 @@ def test_tiled_diffusion_draws_the_tiles_of_each_stage(page, screenshots):
     stage1 = shown_when(page, tiled, "r.stages === 2")
     assert (stage1["width"], stage1["height"]) == (144, 80)
     assert stage1["boxes"] == python_boxes(80, 144, 64, 16) and stage1["drawn"] == len(stage1["boxes"]) == 6
-    page.screenshot(path=str(screenshots / "tiled_stage1.png"))
+    keep(page.screenshot(path=str(screenshots / "tiled_stage1.png"), clip=panel_clip(page, tiled)),
+         PACK_DIR / "docs" / "ui_tile_grid.png")
 
     point = page.evaluate("(id) => window.cupscale.regionScreenPoint(id, 0)", tiled)
     page.mouse.click(point["x"], point["y"])  # a click on the panel steps to the next stage
@@ -222,7 +281,12 @@ def test_region_prompt_edited_in_the_graph_is_valid_json_the_server_uses(page, s
     editor = page.locator(".cupscale-editor")
     assert editor.get_attribute("data-region") == "4"
     assert editor.locator("textarea").input_value() == captioned.prompts[4]
-    page.screenshot(path=str(screenshots / "region_editor.png"))
+    panel, box = panel_clip(page, captioner), editor.bounding_box()
+    top = min(box["y"], panel["y"] + panel["height"] - 300) - 20
+    clip = {"x": min(box["x"], panel["x"]) - 20, "y": top}
+    clip.update(width=max(box["x"] + box["width"], panel["x"] + panel["width"]) + 20 - clip["x"],
+                height=max(box["y"] + box["height"], panel["y"] + panel["height"]) + 20 - top)
+    keep(page.screenshot(path=str(screenshots / "region_editor.png"), clip=clip), PACK_DIR / "docs" / "ui_region_editor.png")
     editor.locator("textarea").fill("a red boat on the lake")
     page.click(".cupscale-editor [data-action=save]")
     assert page.locator(".cupscale-editor").count() == 0

@@ -40,7 +40,7 @@ def with_widget_defaults(api_to_ui, prompt: dict, defs: dict) -> dict:
 
 
 def test_workflows_are_shipped():
-    assert API_FILES, "no workflows/*.api.json"
+    assert API_FILES, "no example_workflows/api/*.api.json"
 
 
 @pytest.mark.parametrize("api_path", API_FILES, ids=lambda p: p.name)
