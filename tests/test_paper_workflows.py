@@ -68,6 +68,7 @@ def seen(host, monkeypatch):
     sfa, captioner = pack(host, "SFAControlNetApply"), pack(host, "MLLMRegionCaptioner")
     backends = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.captioning.backends"]
     processors = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.priors.processors"]
+    control = sys.modules[sfa.__name__.rsplit(".", 1)[0] + ".sfa_control"]
     log = {"structure": [], "captures": [], "tiles": [], "control": [], "asked": []}
 
     def structure(self, args):
@@ -94,7 +95,7 @@ def seen(host, monkeypatch):
 
     for owner, name, spy in ((sg.StructureGuide, "__call__", structure), (ra.AttentionPrior, "capture", capture),
                              (processors.ComposerProcessor, "__call__", composed),
-                             (sfa.SFAControl, "get_control", get_control), (backends.LocalVLM, "caption", caption)):
+                             (control.SFAControl, "get_control", get_control), (backends.LocalVLM, "caption", caption)):
         spy.original = getattr(owner, name)
         monkeypatch.setattr(owner, name, spy)
     captioner.captioning.CACHE.clear()  # every test asks the VLM itself
