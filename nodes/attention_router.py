@@ -30,7 +30,8 @@ CAPTURE_KEY = "cupscale_attention_capture"
 def host_attention(q, k, v, extra_options) -> torch.Tensor:
     """Plain cross-attention through the backend the user chose (xformers, sage, flash, pytorch...), as
     CrossAttention.forward runs it."""
-    return attention.optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+    return attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                         attn_precision=extra_options.get("attn_precision"),
                                          transformer_options=extra_options)
 
 
@@ -66,5 +67,5 @@ class AttentionRouter:
 
 def routers(model_patcher) -> list[AttentionRouter]:
     """The routers RegionalAttentionPrior installed on ``model_patcher``."""
-    replace_patches = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    return [p for p in replace_patches.values() if isinstance(p, AttentionRouter)]
+    patches = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {})
+    return [p for p in patches.get("attn2", {}).values() if isinstance(p, AttentionRouter)]
