@@ -31,7 +31,8 @@ from cupscale.tiling.grid import region_grid  # noqa: E402
 from harness import tiny_models  # noqa: E402
 from harness.unet_layouts import meta_unet  # noqa: E402
 
-ra = sys.modules[nodes.NODE_CLASS_MAPPINGS["RegionalAttentionPrior"].__module__]
+pack = nodes.NODE_CLASS_MAPPINGS["RegionalAttentionPrior"].__module__.rsplit(".", 1)[0]
+layers, router, runs = (sys.modules[f"{pack}.{name}"] for name in ("unet_layers", "attention_router", "attention_runs"))
 DEFAULT = ("all", "1/2 and coarser")
 STEPS, TILE, OVERLAP = 4, 256, 64
 
@@ -43,8 +44,8 @@ def node(name):
 def layer_shapes(unet, latent_hw, blocks, resolutions):
     """(heads, dim_head, low-res tokens) of the chosen layers (a stride-2 step rounds up, as the UNet does)."""
     return [(attn2.heads, attn2.dim_head, math.ceil(latent_hw[0] / layer.downscale) * math.ceil(latent_hw[1] / layer.downscale))
-            for layer, attn2 in ra.cross_attention_layers(unet)
-            if layer.block in ra.BLOCKS[blocks] and ra.RESOLUTIONS[resolutions](layer.downscale)]
+            for layer, attn2 in layers.cross_attention_layers(unet)
+            if layer.block in layers.BLOCKS[blocks] and layers.RESOLUTIONS[resolutions](layer.downscale)]
 
 
 def memory_table():
@@ -81,13 +82,13 @@ def tiny_model(kind, low, variant):
     model = node("TiledBlendedDiffusion").execute(tiny_models.tiny_model(kind), TILE, TILE, OVERLAP, 4)[0]
     if variant == "alone":
         model = model.clone()
-        for layer, _ in ra.select_layers(model, *DEFAULT):
-            model.set_model_attn2_replace(timed("attn2", ra.attend), layer.block, layer.number, layer.index)
+        for layer, _ in layers.select_layers(model, *DEFAULT):
+            model.set_model_attn2_replace(timed("attn2", router.host_attention), layer.block, layer.number, layer.index)
         return model
-    model = node("RegionalAttentionPrior").patch(model, {"samples": low}, tiny_models.conditioning(kind, 1), *DEFAULT,
+    model = node("RegionalAttentionPrior").execute(model, {"samples": low}, tiny_models.conditioning(kind, 1), *DEFAULT,
                                                  0.0, 1.0)[0]
     if variant == "composer":
-        model = node("AttentionComposer").patch(model, tiny_models.tiny_clip(), 0.5, text="a wall")[0]
+        model = node("AttentionComposer").execute(model, tiny_models.tiny_clip(), 0.5, text="a wall")[0]
     return model
 
 
@@ -97,7 +98,7 @@ def tiny_run(kind, model, low, work_hw, seed=0):
     latent = torch.nn.functional.interpolate(low, size=work_hw, mode="bilinear")
     TIMES.update(capture=0.0, attn2=0.0)
     seen = {"bytes": 0}
-    capture, call = ra.AttentionPrior.capture, ra.RegionalAttention.__call__
+    capture, call = runs.AttentionPrior.capture, router.AttentionRouter.__call__
 
     def capture_and_measure(self, *args):
         maps = capture(self, *args)
@@ -105,10 +106,10 @@ def tiny_run(kind, model, low, work_hw, seed=0):
         return maps
 
     def tile_call(self, q, k, v, extra_options):
-        if ra.CAPTURE_KEY in extra_options:
+        if router.CAPTURE_KEY in extra_options:
             return call(self, q, k, v, extra_options)
         return timed("attn2", call)(self, q, k, v, extra_options)
-    ra.AttentionPrior.capture, ra.RegionalAttention.__call__ = timed("capture", capture_and_measure), tile_call
+    runs.AttentionPrior.capture, router.AttentionRouter.__call__ = timed("capture", capture_and_measure), tile_call
     try:
         noise = comfy.sample.prepare_noise(latent, seed)
         start = time.process_time()
@@ -116,7 +117,7 @@ def tiny_run(kind, model, low, work_hw, seed=0):
                             tiny_models.conditioning(kind, 2), latent, denoise=0.6, disable_pbar=True, seed=seed)
         total = time.process_time() - start
     finally:
-        ra.AttentionPrior.capture, ra.RegionalAttention.__call__ = capture, call
+        runs.AttentionPrior.capture, router.AttentionRouter.__call__ = capture, call
     return {"total": total, **TIMES, "bytes": seen["bytes"]}
 
 

@@ -67,6 +67,8 @@ def seen(host, monkeypatch):
     ra, sg = pack(host, "RegionalAttentionPrior"), pack(host, "LowFreqStructureGuide")
     sfa, captioner = pack(host, "SFAControlNetApply"), pack(host, "MLLMRegionCaptioner")
     backends = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.captioning.backends"]
+    processors = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.priors.processors"]
+    control = sys.modules[sfa.__name__.rsplit(".", 1)[0] + ".sfa_control"]
     log = {"structure": [], "captures": [], "tiles": [], "control": [], "asked": []}
 
     def structure(self, args):
@@ -77,12 +79,11 @@ def seen(host, monkeypatch):
         log["captures"].append(tuple(self.low.shape[-2:]))
         return capture.original(self, run, model, like, sigma, model_options)
 
-    def cond_output(self, q, k, v, captured, composer, where, extra_options):
-        grid = where.grid
+    def composed(self, q, k, v, call):
+        grid = call.where.grid
         log["tiles"].append({"latent": (grid.height, grid.width), "tiles": len(grid.boxes),
-                             "prior": captured is not None,
-                             "weight": None if composer is None else composer.composer.weight})
-        return cond_output.original(self, q, k, v, captured, composer, where, extra_options)
+                             "prior": self.prior.layer in call.maps, "weight": call.composer.settings.weight})
+        return composed.original(self, q, k, v, call)
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
         log["control"].append((tuple(x_noisy.shape[-2:]), "cupscale_tiles" in transformer_options))
@@ -93,8 +94,8 @@ def seen(host, monkeypatch):
         return caption.original(self, images, instruction, max_tokens)
 
     for owner, name, spy in ((sg.StructureGuide, "__call__", structure), (ra.AttentionPrior, "capture", capture),
-                             (ra.RegionalAttention, "cond_output", cond_output),
-                             (sfa.SFAControl, "get_control", get_control), (backends.LocalVLM, "caption", caption)):
+                             (processors.ComposerProcessor, "__call__", composed),
+                             (control.SFAControl, "get_control", get_control), (backends.LocalVLM, "caption", caption)):
         spy.original = getattr(owner, name)
         monkeypatch.setattr(owner, name, spy)
     captioner.captioning.CACHE.clear()  # every test asks the VLM itself

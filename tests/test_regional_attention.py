@@ -1,15 +1,13 @@
 """RegionalAttentionPrior and AttentionComposer in a real ComfyUI: equivalences, the capture, the chain, bad input."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from cupscale.tiling.grid import region_grid
 from cupscale.captioning.region_prompts import RegionPrompts, to_json
 from harness.comfy_host import run_prompt
-from host_helpers import sample, smooth_latent
+from host_helpers import pack_module, sample, smooth_latent
 
 GLOBAL = "a red barn in a field of sunflowers"
 NEGATIVE = "blurry, low quality"
@@ -28,8 +26,12 @@ def as_tuple(box):
 
 @pytest.fixture(scope="module")
 def ra(host):
-    """The pack's nodes/regional_attention module as ComfyUI loaded it (its classes differ from ``cupscale.*``)."""
-    return sys.modules[host.NODE_CLASS_MAPPINGS["RegionalAttentionPrior"].__module__]
+    """The pack's modules the tests look into, as ComfyUI loaded them (their classes differ from ``cupscale.*``)."""
+    class Modules:
+        layers = pack_module(host, "nodes.unet_layers")
+        runs = pack_module(host, "nodes.attention_runs")
+        prior = pack_module(host, "cupscale.priors.attention_prior")
+    return Modules
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,8 @@ def nodes_(host, tiny):
         tiled = staticmethod(lambda model, tile=TILE, overlap=OVERLAP: n["TiledBlendedDiffusion"]().execute(
             model, tile, tile, overlap, 4)[0])
         prior = staticmethod(lambda model, low, cond, blocks="all", res="1/2 and coarser", start=0.0, end=1.0:
-                             n["RegionalAttentionPrior"]().patch(model, {"samples": low}, cond, blocks, res, start, end)[0])
-        composer = staticmethod(lambda model, weight, text="", region_prompts=None: n["AttentionComposer"]().patch(
+                             n["RegionalAttentionPrior"]().execute(model, {"samples": low}, cond, blocks, res, start, end)[0])
+        composer = staticmethod(lambda model, weight, text="", region_prompts=None: n["AttentionComposer"]().execute(
             model, clip, weight, region_prompts=region_prompts, text=text)[0])
     Nodes.clip = clip
     return Nodes
@@ -53,7 +55,7 @@ def nodes_(host, tiny):
 def spy(ra, monkeypatch):
     """Records the capture passes (σ) and every reading of the maps at a tile (maps, box, sizes)."""
     seen = {"captures": [], "captured": [], "reads": []}
-    capture, read = ra.AttentionPrior.capture, ra.region_prior
+    capture, read = ra.runs.AttentionPrior.capture, ra.prior.region_prior
 
     def spy_capture(self, run, model, like, sigma, model_options):
         maps = capture(self, run, model, like, sigma, model_options)
@@ -64,8 +66,8 @@ def spy(ra, monkeypatch):
     def spy_read(maps, box, working_hw, target_hw):
         seen["reads"].append((maps, as_tuple(box), tuple(working_hw), tuple(target_hw)))
         return read(maps, box, working_hw, target_hw)
-    monkeypatch.setattr(ra.AttentionPrior, "capture", spy_capture)
-    monkeypatch.setattr(ra, "region_prior", spy_read)
+    monkeypatch.setattr(ra.runs.AttentionPrior, "capture", spy_capture)
+    monkeypatch.setattr(ra.prior, "region_prior", spy_read)
     return seen
 
 
@@ -83,8 +85,8 @@ def lora_on_cross_attention(model, seed=3):
 
 def test_layers_of_the_real_sd15_and_sdxl_unets_and_their_default_selection(ra):
     from harness.unet_layouts import meta_unet
-    found = {name: ra.cross_attention_layers(meta_unet(name)) for name in ("SD1.5", "SDXL")}
-    assert ra.describe_layers(found["SD1.5"]) == ("2 in input blocks at 1/1, 2 in input blocks at 1/2, 2 in input blocks "
+    found = {name: ra.layers.cross_attention_layers(meta_unet(name)) for name in ("SD1.5", "SDXL")}
+    assert ra.layers.describe_layers(found["SD1.5"]) == ("2 in input blocks at 1/1, 2 in input blocks at 1/2, 2 in input blocks "
                                                   "at 1/4, 1 in middle blocks at 1/8, 3 in output blocks at 1/4, 3 in "
                                                   "output blocks at 1/2, 3 in output blocks at 1/1")
     assert len(found["SDXL"]) == 70 and {layer.downscale for layer, _ in found["SDXL"]} == {2, 4}

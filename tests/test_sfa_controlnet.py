@@ -39,7 +39,7 @@ def xpsr_dir(host, tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(host, xpsr_dir):
     loader = host.NODE_CLASS_MAPPINGS["SFAControlNetLoader"]()
-    return loader.load("ckpt-st/controlnet/diffusion_pytorch_model.safetensors",
+    return loader.execute("ckpt-st/controlnet/diffusion_pytorch_model.safetensors",
                        "ckpt-st/unet/diffusion_pytorch_model.safetensors")[0]
 
 
@@ -113,7 +113,7 @@ def test_release_folders_load_through_the_node_from_safetensors_and_bin(host, xp
     paths, extensions = folder_paths.folder_names_and_paths["xpsr"]
     assert any(p.endswith("models/xpsr") for p in paths) and {".safetensors", ".bin"} <= set(extensions)
     loader = host.NODE_CLASS_MAPPINGS["SFAControlNetLoader"]()
-    from_bin = loader.load("ckpt-bin/controlnet/diffusion_pytorch_model.bin",
+    from_bin = loader.execute("ckpt-bin/controlnet/diffusion_pytorch_model.bin",
                            "ckpt-bin/unet/diffusion_pytorch_model.bin")[0]
     ours, theirs = loaded.control.control_model.state_dict(), from_bin.control.control_model.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -137,7 +137,7 @@ def test_release_folders_load_through_the_node_from_safetensors_and_bin(host, xp
     # Heads come from config.json (2 here), without it from SD1.5's (8).
     model = loaded.control.control_model
     assert model.input_blocks[3][1].fuse.transformer_blocks[0].attn2.heads == HEADS
-    single = loader.load("xpsr_controlnet.safetensors", "xpsr_unet.safetensors")[0]
+    single = loader.execute("xpsr_controlnet.safetensors", "xpsr_unet.safetensors")[0]
     assert single.control.control_model.conditional_attention[0].transformer_blocks[0].attn1.heads == 8
 
 
@@ -174,7 +174,7 @@ def ksampler(host, model, pos, neg, latent, steps=STEPS, sampler="euler", schedu
 @pytest.fixture(scope="module")
 def xpsr(host, loaded):
     apply = host.NODE_CLASS_MAPPINGS["SFAControlNetApply"]()
-    return lambda model, pos, neg, low, image, strength=1.0, **kw: apply.apply(
+    return lambda model, pos, neg, low, image, strength=1.0, **kw: apply.execute(
         model, pos, neg, low, loaded, image, strength, kw.pop("start", 0.0), kw.pop("end", 1.0), **kw)
 
 
@@ -198,7 +198,7 @@ def test_ksampler_runs_xpsr_and_strength_zero_is_plain_sd(host, tiny, xpsr):
 
 
 def test_each_pass_gets_its_low_level_prompt_and_each_output_block_its_residual(host, tiny, xpsr, loaded):
-    module = pack_module(host, "nodes.sfa_controlnet")
+    module = pack_module(host, "nodes.conditional_attention")
     model = tiny.tiny_model("sd15")
     pos, neg = tiny.conditioning("sd15", 1), tiny.conditioning("sd15", 2)
     low, low_neg = tiny.conditioning("sd15", 3, tokens=154), tiny.conditioning("sd15", 4)
@@ -271,37 +271,37 @@ def test_wrong_and_damaged_files_are_refused_saying_what_they_are(host, tiny, xp
     unet = "xpsr_unet.safetensors"
     with pytest.raises(ValueError, match=r"controlnet: plain_controlnet.safetensors is a standard SD ControlNet.*"
                                          r"'Load ControlNet Model'"):
-        loader.load("plain_controlnet.safetensors", unet)
+        loader.execute("plain_controlnet.safetensors", unet)
     save(tiny.tiny_controlnet("sd15").control_model.state_dict(), xpsr_dir / "comfy_controlnet.safetensors")
     with pytest.raises(ValueError, match=r"comfy_controlnet.safetensors is a standard SD ControlNet"):
-        loader.load("comfy_controlnet.safetensors", unet)
+        loader.execute("comfy_controlnet.safetensors", unet)
     unet_sd = tiny.tiny_model("sdxl").model.diffusion_model.state_dict()
     sdxl = {f"model.diffusion_model.{k}": v for k, v in unet_sd.items()}
     save(sdxl, xpsr_dir / "sdxl_base.safetensors")
     with pytest.raises(ValueError, match=r"sdxl_base.safetensors is an SDXL model checkpoint.*XPSR builds on SD1.5"):
-        loader.load("sdxl_base.safetensors", unet)
+        loader.execute("sdxl_base.safetensors", unet)
     with pytest.raises(ValueError, match=r"unet: xpsr_controlnet.safetensors is XPSR's ControlNet.*pixel_attentions"):
-        loader.load("xpsr_controlnet.safetensors", "xpsr_controlnet.safetensors")
+        loader.execute("xpsr_controlnet.safetensors", "xpsr_controlnet.safetensors")
     data = (xpsr_dir / "xpsr_controlnet.safetensors").read_bytes()
     (xpsr_dir / "truncated.safetensors").write_bytes(data[:len(data) // 2])
     with pytest.raises(ValueError, match=r"controlnet: truncated.safetensors could not be read.*damaged or incomplete"):
-        loader.load("truncated.safetensors", unet)
+        loader.execute("truncated.safetensors", unet)
     (xpsr_dir / "corrupt.bin").write_bytes(b"not a checkpoint" * 64)
     with pytest.raises(ValueError, match=r"unet: corrupt.bin could not be read"):
-        loader.load("xpsr_controlnet.safetensors", "corrupt.bin")
+        loader.execute("xpsr_controlnet.safetensors", "corrupt.bin")
     # Parts of two different checkpoints: the layout check names the mismatch.
     odd = dict(UNET, **seeded(transformer("up_blocks.1.pixel_attentions.1", 32, 48), 14))
     save(odd, xpsr_dir / "odd_unet.safetensors")
     with pytest.raises(ValueError, match=r"do not fit together.*wrong shape \(2\): conditional_attention.3"):
-        loader.load("xpsr_controlnet.safetensors", "odd_unet.safetensors")
+        loader.execute("xpsr_controlnet.safetensors", "odd_unet.safetensors")
     short = {k: v for k, v in UNET.items() if not k.startswith("up_blocks.1.pixel_attentions.1.")}
     save(short, xpsr_dir / "short_unet.safetensors")
     with pytest.raises(ValueError, match=r"do not fit together.*missing \(26\): conditional_attention.3.norm.weight"):
-        loader.load("xpsr_controlnet.safetensors", "short_unet.safetensors")
+        loader.execute("xpsr_controlnet.safetensors", "short_unet.safetensors")
     rrdb = dict(CONTROLNET, **seeded(conv("controlnet_cond_embedding.preprocesser.0.rdb1.conv1", 16, 16), 15))
     save(rrdb, xpsr_dir / "rrdb_controlnet.safetensors")
     with pytest.raises(ValueError, match=r"2 weights have no place.*preprocesser.*use_rrdb"):
-        loader.load("rrdb_controlnet.safetensors", unet)
+        loader.execute("rrdb_controlnet.safetensors", unet)
 
 
 def test_apply_refuses_an_sdxl_model_and_an_rgba_image(host, tiny, xpsr):

@@ -1,4 +1,4 @@
-"""Regional Attention Prior (C-Upscale, seed 000, Figs. 3-4): the global prompt's attention, region by region.
+"""Regional Attention Prior (C-Upscale, Figs. 3-4): the global prompt's attention, region by region.
 
 Notation. At one cross-attention layer, the low-resolution latent z_L, noised to the sampler's current σ,
 gives queries Q_L on a grid of h_L x w_L tokens; the global prompt c_g gives keys K_g and values V_g. Per head:
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..tiling.grid import Box
+from .items import ItemRegions
 
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -116,6 +117,20 @@ def region_prior(maps: torch.Tensor, box: Box, working_hw: tuple[int, int],
         sampled = F.grid_sample(maps.float().reshape(1, heads * l, h, w), grid[None], mode="bilinear",
                                 padding_mode="border", align_corners=False)
     return sampled.reshape(heads, l, -1).transpose(1, 2)
+
+
+def prior_attention(captured: CapturedAttention, where: ItemRegions, tokens_hw: tuple[int, int]) -> torch.Tensor:
+    """A_R V_g for items at ``where`` on a layer of ``tokens_hw`` tokens: each item reads the maps of its own
+    image (or the one low-res image) at its region. The maps of each (region, image) pair are read once."""
+    grid = where.grid
+    sources = [image if captured.maps.shape[0] > 1 else 0 for image in where.images]
+    probs = {}
+    for region, source in zip(where.regions, sources):
+        if (region, source) not in probs:
+            probs[(region, source)] = region_prior(captured.maps[source], grid.boxes[region], (grid.height, grid.width),
+                                                   tokens_hw)
+    stacked = torch.stack([probs[pair] for pair in zip(where.regions, sources)])
+    return attend_with(stacked, captured.values[sources])
 
 
 def capture_bytes(layers: list[tuple[int, int, int]], prompt_tokens: int, element_size: int = 2,

@@ -1,4 +1,4 @@
-"""Attention Composer (C-Upscale, seed 000, Fig. 4): the two regional priors, fused in cross-attention.
+"""Attention Composer (C-Upscale, Fig. 4): the two regional priors, fused in cross-attention.
 
 For a region R (a tile) whose features give queries Q_R at a chosen cross-attention layer:
 
@@ -13,20 +13,46 @@ For a region R (a tile) whose features give queries Q_R at a chosen cross-attent
 w = 1 keeps the global prompt's layout alone; w = 0 lets every region follow its own prompt. Only the
 positive (cond) branch is composed: the negative keeps its own attention, so CFG pushes away from the same
 negative as without the composer.
+
+The region prompts are encoded once and projected at sampling time by each layer's own to_k / to_v, as
+loaded for that run, so weight patches (LoRAs) apply to them as to the global prompt.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
+from torch import nn
 
 from ..tiling.grid import RegionGrid, check_same_grid
 from ..captioning.region_prompts import RegionPrompts, from_json
+from .items import Attend
 
 
 def compose(prior: torch.Tensor, region: torch.Tensor, weight: float) -> torch.Tensor:
     """(AC) from its two attended terms: ``weight`` · prior + (1 − ``weight``) · region."""
     return weight * prior + (1.0 - weight) * region
+
+
+def composed_attention(weight: float, prior: Callable[[], torch.Tensor],
+                       region: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """(AC), each term computed only when its weight counts (w = 1: the prior alone; w = 0: the region's)."""
+    if weight >= 1:
+        return prior()
+    return region() if weight <= 0 else compose(prior(), region(), weight)
+
+
+def region_attention(q: torch.Tensor, keys_values: list[tuple[torch.Tensor, torch.Tensor]],
+                     attend: Attend) -> torch.Tensor:
+    """softmax(Q_R K_rᵀ / √d) V_r for each item of ``q`` with its own (K_r, V_r); items batched by prompt length."""
+    out = q.new_empty(q.shape[0], q.shape[1], keys_values[0][1].shape[-1])
+    for length in {k.shape[1] for k, _ in keys_values}:
+        items = [i for i, (k, _) in enumerate(keys_values) if k.shape[1] == length]
+        keys = torch.cat([keys_values[i][0] for i in items])
+        values = torch.cat([keys_values[i][1] for i in items])
+        out[items] = attend(q[items], keys, values)
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,3 +96,38 @@ def parse_region_text(text: str, input_name: str) -> RegionTexts:
         raise ValueError(f"{input_name} is empty: write one prompt per region (one line each, row by row), a single "
                          f"prompt for all regions, or connect region_prompts from MLLMRegionCaptioner.")
     return RegionTexts(lines, None, input_name)
+
+
+@dataclass(frozen=True)
+class ComposerSettings:
+    """What the composer was given: w and the region prompts, each encoded once (one embedding per prompt)."""
+
+    weight: float
+    texts: RegionTexts
+    embeddings: tuple[torch.Tensor, ...]
+
+
+@dataclass
+class ComposerRun:
+    """One sampling run of the composer: region prompts projected per layer, and the grids already checked.
+    ``tiles`` is what the user knows the sampled regions as, for the error when the prompts do not fit them."""
+
+    settings: ComposerSettings
+    tiles: str
+    projected: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    checked: set[tuple] = field(default_factory=set)
+
+    def check(self, grid: RegionGrid) -> None:
+        """The prompts against the grid the regions are sampled on, once per grid."""
+        if grid.boxes not in self.checked:
+            self.settings.texts.check(grid, self.tiles)
+            self.checked.add(grid.boxes)
+
+    def keys_values(self, layer: tuple, attn2: nn.Module, region: int,
+                    like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K_r, V_r of region ``region``'s prompt at ``layer``, projected by its ``attn2`` once per run."""
+        prompt = self.settings.texts.prompt_index(region)
+        if (layer, prompt) not in self.projected:
+            embedding = self.settings.embeddings[prompt].to(like.device, like.dtype)
+            self.projected[(layer, prompt)] = (attn2.to_k(embedding), attn2.to_v(embedding))
+        return self.projected[(layer, prompt)]

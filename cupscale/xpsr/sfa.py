@@ -1,4 +1,4 @@
-"""XPSR's attention modules (seed 004, Sec. 3.4): Semantic-Fusion Attention and Conditional Attention.
+"""XPSR's attention modules (Qu et al. 2024, "XPSR", Sec. 3.4): Semantic-Fusion Attention and Conditional Attention.
 
 XPSR feeds two descriptions of the low-resolution image to its ControlNet: a high-level one
 (content, layout, scene: ``c_h``) and a low-level one (quality, blur, noise: ``c_l``). Attending to
@@ -19,14 +19,16 @@ Each attention above (``CA``) is, in the official code, a whole diffusers ``Tran
 (GroupNorm, projection in, transformer blocks of self-attention, cross-attention and a GEGLU
 feed-forward, projection out, residual). :class:`Transformer2D` is that module with the same
 parameter names, so released weights load by prefix. Linear, conv and norm layers come from an
-``ops`` namespace (``torch.nn`` by default) so a host can supply its own weight-casting layers.
+``ops`` namespace (``torch.nn`` by default) so a host can supply its own weight-casting layers, and
+the attention itself is an ``attend`` callable (plain SDPA by default) so a host can run it on the
+backend its user chose.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,19 +68,25 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head
     return out.transpose(1, 2).reshape(b, n, inner)
 
 
+MultiHeadAttend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``(q, k, v, heads) -> out`` on ``(B, N, heads * d)`` sequences, as :func:`multi_head_attention`."""
+
+
 class Attention(nn.Module):
     """diffusers' ``Attention``: bias-free Q/K/V projections, an output projection with bias."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, ops: ModuleType = nn, **factory):
+    def __init__(self, dim: int, context_dim: int, heads: int, ops: ModuleType = nn,
+                 attend: MultiHeadAttend = multi_head_attention, **factory):
         super().__init__()
         self.heads = heads
+        self.attend = attend
         self.to_q = ops.Linear(dim, dim, bias=False, **factory)
         self.to_k = ops.Linear(context_dim, dim, bias=False, **factory)
         self.to_v = ops.Linear(context_dim, dim, bias=False, **factory)
         self.to_out = nn.ModuleList([ops.Linear(dim, dim, **factory)])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        out = multi_head_attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        out = self.attend(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
         return self.to_out[0](out)
 
 
@@ -111,12 +119,13 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Self-attention, cross-attention to the context, feed-forward; each pre-normed and residual."""
 
-    def __init__(self, dim: int, context_dim: int, heads: int, ops: ModuleType = nn, **factory):
+    def __init__(self, dim: int, context_dim: int, heads: int, ops: ModuleType = nn,
+                 attend: MultiHeadAttend = multi_head_attention, **factory):
         super().__init__()
         self.norm1 = ops.LayerNorm(dim, eps=LAYER_NORM_EPS, **factory)
-        self.attn1 = Attention(dim, dim, heads, ops, **factory)
+        self.attn1 = Attention(dim, dim, heads, ops, attend, **factory)
         self.norm2 = ops.LayerNorm(dim, eps=LAYER_NORM_EPS, **factory)
-        self.attn2 = Attention(dim, context_dim, heads, ops, **factory)
+        self.attn2 = Attention(dim, context_dim, heads, ops, attend, **factory)
         self.norm3 = ops.LayerNorm(dim, eps=LAYER_NORM_EPS, **factory)
         self.ff = FeedForward(dim, ops, **factory)
 
@@ -130,7 +139,8 @@ class TransformerBlock(nn.Module):
 class Transformer2D(nn.Module):
     """One cross-attention "CA" of the paper: diffusers' ``Transformer2DModel`` on a feature map."""
 
-    def __init__(self, spec: TransformerSpec, ops: ModuleType = nn, **factory):
+    def __init__(self, spec: TransformerSpec, ops: ModuleType = nn, attend: MultiHeadAttend = multi_head_attention,
+                 **factory):
         super().__init__()
         self.spec = spec
         c = spec.channels
@@ -141,7 +151,7 @@ class Transformer2D(nn.Module):
             self.proj_in = ops.Conv2d(c, c, kernel_size=1, **factory)
             self.proj_out = ops.Conv2d(c, c, kernel_size=1, **factory)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(c, spec.context_dim, spec.heads, ops, **factory) for _ in range(spec.depth))
+            TransformerBlock(c, spec.context_dim, spec.heads, ops, attend, **factory) for _ in range(spec.depth))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -167,11 +177,12 @@ class SemanticFusionAttention(nn.Module):
     (``attentions_connect``, whose context is the feature map itself: ``channels`` wide).
     """
 
-    def __init__(self, spec: TransformerSpec, ops: ModuleType = nn, **factory):
+    def __init__(self, spec: TransformerSpec, ops: ModuleType = nn, attend: MultiHeadAttend = multi_head_attention,
+                 **factory):
         super().__init__()
-        self.high = Transformer2D(spec, ops, **factory)
-        self.low = Transformer2D(spec, ops, **factory)
-        self.fuse = Transformer2D(fusion_spec(spec), ops, **factory)
+        self.high = Transformer2D(spec, ops, attend, **factory)
+        self.low = Transformer2D(spec, ops, attend, **factory)
+        self.fuse = Transformer2D(fusion_spec(spec), ops, attend, **factory)
 
     def forward(self, x: torch.Tensor, high_level: torch.Tensor, low_level: torch.Tensor) -> torch.Tensor:
         return self.fuse(self.high(x, high_level), tokens(self.low(x, low_level)))

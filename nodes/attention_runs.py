@@ -1,0 +1,129 @@
+"""The run state the attention routers read (nodes/attention_router.py), set by sampler wrappers, and the
+prior's capture pass.
+
+- The prior's OUTER_SAMPLE wrapper puts a PriorRun in transformer_options; its CALC_COND_BATCH wrapper, once
+  per distinct σ in the step range, runs the UNet on the low-res latent noised to σ with the global prompt
+  (cond only) through ``model._apply_model``: that skips APPLY_MODEL wrappers, so TiledBlendedDiffusion does
+  not tile the capture. The routers see the capture key and record the layers' (RAP).
+- The composer's OUTER_SAMPLE wrapper puts a ComposerRun there. At w = 0 the maps would go unused, so no
+  capture pass runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.sampler_helpers
+import comfy.samplers
+
+from ..cupscale.priors.attention_prior import CapturedAttention
+from ..cupscale.priors.composer import ComposerRun, ComposerSettings
+from ..cupscale.priors.structure import check_same_aspect
+from ..cupscale.schedule import schedule_progress
+from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
+from .tiled_diffusion import TILES_KEY
+from .unet_layers import Layer
+
+TILES_NAME = "TiledBlendedDiffusion's tiles (one region when the latent is not tiled)"
+
+
+@dataclass
+class PriorRun:
+    """One sampling run of the prior: the low-res latent's noise and prompt, and the capture at the latest σ."""
+
+    noise: torch.Tensor
+    seed: int
+    model_kwargs: dict | None = None
+    sigma: float | None = None
+    maps: dict[tuple, CapturedAttention] = field(default_factory=dict)
+
+
+def low_res_noise(noise: torch.Tensor, low: torch.Tensor, seed: int) -> torch.Tensor:
+    """The noise of the capture pass, fixed for the run. The sampler's own when the low-res latent has the
+    sampled size, so the capture sees exactly the sampler's x at the first step; otherwise drawn from the
+    sampler's seed (a private generator: the global RNG that samplers use is left alone)."""
+    if noise.shape[-2:] == low.shape[-2:]:
+        return noise[:low.shape[0]]
+    return torch.randn(low.shape, generator=torch.Generator().manual_seed(seed), dtype=low.dtype)
+
+
+def capture_model_kwargs(model, conditioning: list, low: torch.Tensor, noise: torch.Tensor, seed: int) -> dict:
+    """The global prompt as model kwargs for the low-res latent, through ComfyUI's own encode_model_conds
+    (SDXL's size conditioning then comes from the low-res size)."""
+    conds = comfy.samplers.encode_model_conds(model.extra_conds, comfy.sampler_helpers.convert_cond(conditioning), noise,
+                                              low.device, "positive", latent_image=low, seed=seed)
+    batch = low.shape[0]
+    return comfy.samplers.cond_cat([{k: c.process_cond(batch_size=batch, area=None)
+                                     for k, c in conds[0]["model_conds"].items()}])
+
+
+class AttentionPrior:
+    """The prior's wrappers: a PriorRun per sampling run, and the capture pass once per σ in the step range."""
+
+    def __init__(self, low: torch.Tensor, conditioning: list, layers: list[Layer], start: float, end: float):
+        self.low = low
+        self.conditioning = conditioning
+        self.layers = layers
+        self.start, self.end = start, end
+
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+        low = self.low
+        if low.shape[0] not in (1, noise.shape[0]):
+            raise ValueError(f"low_res_latent holds {low.shape[0]} latents but the sampler's batch has {noise.shape[0]}: "
+                             f"give RegionalAttentionPrior one low-res latent, or one per image of the batch.")
+        check_same_aspect(tuple(low.shape[-2:]), tuple(noise.shape[-2:]), "low_res_latent", "RegionalAttentionPrior")
+        seed = 0 if seed is None else seed
+        run = PriorRun(noise=low_res_noise(noise, low, seed), seed=seed)
+        executor.class_obj.model_options.setdefault("transformer_options", {})[PRIOR_KEY] = run
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+        run: PriorRun | None = model_options.get("transformer_options", {}).get(PRIOR_KEY)
+        if run is not None:
+            self.update(run, model, x_in, timestep, model_options)
+        return executor(model, conds, x_in, timestep, model_options)
+
+    def update(self, run: PriorRun, model, x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict) -> None:
+        """Capture at this σ unless already done; outside the step range, hold no maps."""
+        sigma = float(timestep.max())
+        sigmas = model_options["transformer_options"].get("sample_sigmas")
+        progress = 0.0 if sigmas is None else schedule_progress(sigmas, sigma)
+        composer: ComposerRun | None = model_options["transformer_options"].get(COMPOSER_KEY)
+        unused = composer is not None and composer.settings.weight <= 0  # region prompts only: skip the pass
+        if unused or not self.start <= progress < self.end:
+            run.sigma, run.maps = None, {}
+        elif run.sigma != sigma:
+            run.maps = {}  # free the previous capture first: at 4K the maps are the prior's main memory
+            run.maps = self.capture(run, model, x_in, timestep[:1], model_options)
+            run.sigma = sigma
+
+    def capture(self, run: PriorRun, model, like: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> dict:
+        """One UNet pass on z_L noised to σ with the global prompt, cond only; the routers record (RAP)."""
+        low = self.low.to(like)
+        noise = run.noise.to(like)
+        if run.model_kwargs is None:
+            run.model_kwargs = capture_model_kwargs(model, self.conditioning, low, noise, run.seed)
+        sigma = sigma.to(like).expand(low.shape[0])
+        x = model.scale_latent_inpaint(sigma=sigma, noise=noise, latent_image=low)
+        captured: dict[tuple, CapturedAttention] = {}
+        options = {k: v for k, v in model_options["transformer_options"].items() if k not in (TILES_KEY, COMPOSER_KEY)}
+        options.update({CAPTURE_KEY: captured, "cond_or_uncond": [0], "sigmas": sigma})
+        model._apply_model(x, sigma, transformer_options=options, **run.model_kwargs)
+        missing = [layer.key for layer in self.layers if layer.key not in captured]
+        if missing:
+            raise RuntimeError(f"RegionalAttentionPrior's capture pass did not reach layers {missing}: another patch "
+                               f"replaced them or the UNet's forward. Put RegionalAttentionPrior after that patch.")
+        return captured
+
+
+@dataclass(frozen=True)
+class Composer:
+    """AttentionComposer's wrapper: a ComposerRun per sampling run."""
+
+    settings: ComposerSettings
+
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+        run = ComposerRun(self.settings, TILES_NAME)
+        executor.class_obj.model_options.setdefault("transformer_options", {})[COMPOSER_KEY] = run
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
