@@ -27,8 +27,9 @@ LOW_SIZE = (192, 128)        # the stage's input; the stage samples it at x2
 TILE, OVERLAP = 128, 32      # pixels: a 4 x 3 grid at 384 x 256
 SIGMA = 1.0                  # the structure guide's Gaussian, in low-res latent cells
 PROMPTS = ("tabby fur, left ear", "striped tabby forehead", "striped forehead, fine fur", "right ear, soft background",
-           "cheek fur, white whiskers", "yellow-green cat eye", "green cat eye, striped fur", "whiskers, soft background",
-           "white chin fur", "white muzzle, whiskers", "pink cat nose, white muzzle", "soft blurred background")
+           "cheek fur, white whiskers", "yellow-green cat eye", "green cat eye, striped fur",
+           "whiskers, soft background", "white chin fur", "white muzzle, whiskers", "pink cat nose, white muzzle",
+           "soft blurred background")
 COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
            "#fabebe", "#008080", "#e6beff")
 

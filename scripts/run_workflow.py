@@ -25,7 +25,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True, type=Path, help="the low-resolution input image")
     p.add_argument("--output", required=True, type=Path, help="where to write the upscaled PNG")
-    p.add_argument("--workflow", default=DEFAULT_WORKFLOW, help="a file in example_workflows/api/ or a path (API format)")
+    p.add_argument("--workflow", default=DEFAULT_WORKFLOW,
+                   help="a file in example_workflows/api/ or a path (API format)")
     p.add_argument("--checkpoint", help="checkpoint file name in ComfyUI/models/checkpoints")
     p.add_argument("--tiny-models", action="store_true",
                    help="run on tiny random models instead of a checkpoint: checks the pipeline, not the picture")

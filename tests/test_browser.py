@@ -286,7 +286,8 @@ def test_region_prompt_edited_in_the_graph_is_valid_json_the_server_uses(page, s
     clip = {"x": min(box["x"], panel["x"]) - 20, "y": top}
     clip.update(width=max(box["x"] + box["width"], panel["x"] + panel["width"]) + 20 - clip["x"],
                 height=max(box["y"] + box["height"], panel["y"] + panel["height"]) + 20 - top)
-    keep(page.screenshot(path=str(screenshots / "region_editor.png"), clip=clip), PACK_DIR / "docs" / "ui_region_editor.png")
+    keep(page.screenshot(path=str(screenshots / "region_editor.png"), clip=clip),
+         PACK_DIR / "docs" / "ui_region_editor.png")
     editor.locator("textarea").fill("a red boat on the lake")
     page.click(".cupscale-editor [data-action=save]")
     assert page.locator(".cupscale-editor").count() == 0
