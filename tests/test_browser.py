@@ -281,7 +281,17 @@ def test_region_prompt_edited_in_the_graph_is_valid_json_the_server_uses(page, s
     editor = page.locator(".cupscale-editor")
     assert editor.get_attribute("data-region") == "4"
     assert editor.locator("textarea").input_value() == captioned.prompts[4]
-    panel, box = panel_clip(page, captioner), editor.bounding_box()
+    box = editor.bounding_box()  # the editor sits in the middle of the window: move the panel below it
+    page.evaluate(f"""([id, below]) => new Promise((resolve) => {{
+        const app = {APP}
+        const node = app.graph.getNodeById(id)
+        const {{ ds }} = app.canvas
+        const panelTop = (node.pos[1] + node.size[1] - 250 + ds.offset[1]) * ds.scale
+        ds.offset[1] += (below - panelTop) / ds.scale
+        app.graph.setDirtyCanvas(true, true)
+        requestAnimationFrame(() => requestAnimationFrame(resolve))
+    }})""", [captioner, box["y"] + box["height"] + 10])
+    panel = panel_clip(page, captioner)
     top = min(box["y"], panel["y"] + panel["height"] - 300) - 20
     clip = {"x": min(box["x"], panel["x"]) - 20, "y": top}
     clip.update(width=max(box["x"] + box["width"], panel["x"] + panel["width"]) + 20 - clip["x"],
