@@ -1,4 +1,4 @@
-"""Global Structure Prior (C-Upscale, seed 000, Fig. 3): keep the low-resolution image's layout.
+"""Global Structure Prior (C-Upscale, Fig. 3): keep the low-resolution image's layout.
 
 Notation. At every denoising step the sampler holds the denoised estimate ẑ₀ of the high-resolution
 latent (for tiled sampling, the MultiDiffusion merge of the tiles, after CFG). z_L is the
