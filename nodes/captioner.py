@@ -109,7 +109,8 @@ class MLLMRegionCaptioner(io.ComfyNode):
                 io.String.Input("endpoint_model", default="",
                                 tooltip="The model name the server serves (e.g. qwen2.5vl:7b)."),
                 *tile_inputs("Region", "the same as TiledBlendedDiffusion's tiles"),
-                io.Combo.Input("region_prompts", options=list(REGION_PROMPTS), tooltip="What each region's prompt says."),
+                io.Combo.Input("region_prompts", options=list(REGION_PROMPTS),
+                               tooltip="What each region's prompt says."),
                 io.Boolean.Input("xpsr_descriptions", default=False,
                                  tooltip="Also write XPSR's high-level (content) and low-level (quality) descriptions "
                                          "of the whole image."),

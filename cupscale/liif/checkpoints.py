@@ -171,9 +171,9 @@ def decoder_from_state_dict(sd: dict[str, torch.Tensor], metadata: dict[str, str
     heads = [k for k in sd if k.endswith(HEAD_KEY)]
     if not heads:
         raise CheckpointError(f"{name} is not an implicit latent decoder: it looks like {describe_state_dict(sd)}. "
-                              f"Expected the first-stage keys of arbitrary-scale latent diffusion (decoder.decoder.0.*, "
-                              f"decoder.decoder.1.*, decoder.inr.imnet.layers.*). A plain VAE loads with 'Load VAE'; "
-                              f"to get an implicit decoder for its latents, train one with "
+                              f"Expected the first-stage keys of arbitrary-scale latent diffusion "
+                              f"(decoder.decoder.0.*, decoder.decoder.1.*, decoder.inr.imnet.layers.*). A plain VAE "
+                              f"loads with 'Load VAE'; to get an implicit decoder for its latents, train one with "
                               f"train/train_implicit_decoder.py.")
     prefix = heads[0][:-len(HEAD_KEY)]
     ind = {k: v for k, v in sd.items() if k.startswith((prefix + "decoder.", prefix + "inr."))}
