@@ -24,7 +24,7 @@ from ..cupscale.captioning.instructions import (DEGRADATION_TAGS, DESCRIPTION, X
 from ..cupscale.captioning.region_prompts import TYPE_NAME, from_json, to_json
 from ..cupscale.captioning.regions import image_grid, to_uint8_rgb
 from ..cupscale.tiling.grid import check_tile_settings
-from .host_services import model_folder_path, model_folders, progress_reporter, register_model_folder
+from .host_services import in_choices, model_folder_path, model_folders, progress_reporter, register_model_folder
 from .inputs import tile_inputs, widget_names
 
 LLM_FOLDER = "LLM"
@@ -152,6 +152,10 @@ class MLLMRegionCaptioner(io.ComfyNode):
                      io.String.Output(display_name="xpsr_high_level"),
                      io.String.Output(display_name="xpsr_low_level")],
         )
+
+    @classmethod
+    def validate_inputs(cls, local_model) -> bool | str:
+        return in_choices(local_model, model_folders(LLM_FOLDER, depth=2))
 
     @classmethod
     def execute(cls, image, **inputs) -> io.NodeOutput:

@@ -17,7 +17,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..cupscale.editing.rerank import best_k, clip_scores
-from .host_services import model_folder_path, model_folders, register_model_folder
+from .host_services import in_choices, model_folder_path, model_folders, register_model_folder
 from .inputs import widget_names
 
 CLIP_FOLDER = "clip_rerank"
@@ -76,6 +76,10 @@ class CLIPRerank(io.ComfyNode):
             ],
             outputs=[io.Image.Output(display_name="best"), io.String.Output(display_name="ranking")],
         )
+
+    @classmethod
+    def validate_inputs(cls, clip_model) -> bool | str:
+        return in_choices(clip_model, model_folders(CLIP_FOLDER))
 
     @classmethod
     def execute(cls, images, clip_model, text, keep, mask=None) -> io.NodeOutput:

@@ -15,7 +15,7 @@ from comfy_api.latest import io
 
 from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
-from .host_services import progress_reporter, register_model_folder
+from .host_services import in_choices, progress_reporter, register_model_folder
 
 LIIF_FOLDER = "liif"
 DECODER_FOLDER = "implicit_decoders"
@@ -60,6 +60,10 @@ class ImplicitUpscaleModelLoader(io.ComfyNode):
                                    tooltip="A .pth from LIIF's README, placed in models/liif.")],
             outputs=[ImplicitUpscaleModel.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_name) -> bool | str:
+        return in_choices(model_name, folder_paths.get_filename_list(LIIF_FOLDER))
 
     @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
@@ -115,6 +119,10 @@ class ImplicitDecoderLoader(io.ComfyNode):
                                    tooltip="A decoder for the latent space you sample in.")],
             outputs=[ImplicitDecoderType.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, decoder_name) -> bool | str:
+        return in_choices(decoder_name, folder_paths.get_filename_list(DECODER_FOLDER))
 
     @classmethod
     def execute(cls, decoder_name) -> io.NodeOutput:
