@@ -32,11 +32,12 @@ BACKENDS = ("local model", "endpoint")
 REGION_PROMPTS = {"description (C-Upscale)": "description", "degradation tags (Zoomed-In)": "tags",
                   "description + tags": "description + tags"}
 """The dropdown's choices -> the core's modes (cupscale.captioning.instructions.MODES)."""
-FAILURE_POLICIES = {"stop with an error": False, "use global prompt": True}
+FALLBACK = "use global prompt"
+FAILURE_POLICIES = {"stop with an error": False, FALLBACK: True}
 AFTER_USE = {"unload": False, "offload to CPU": True}
 PREVIEW_SIDE = 1024  # longest side of the preview the region overlay (js/cupscale.js) draws on
 WIDGETS = {"model_folder": "local_model", "repo_id": "hf_repo_id", "model_folders": f"models/{LLM_FOLDER}",
-           "base_url": "endpoint_url", "model": "endpoint_model", "fallback_to_global": "'use global prompt'"}
+           "base_url": "endpoint_url", "model": "endpoint_model", "fallback_to_global": repr(FALLBACK)}
 """The core's field names (and the fallback policy's value) as this node's widgets show them."""
 
 register_model_folder(LLM_FOLDER)
@@ -190,8 +191,7 @@ class MLLMRegionCaptioner(io.ComfyNode):
                                           low_level_instruction),
                 global_prompt=global_prompt, prefix=prefix, suffix=suffix,
                 fallback_to_global=FAILURE_POLICIES.get(on_region_failure, False))
-            mllm = (local_backend(local_model, hf_repo_id, device, dtype, batch_size, allow_download)
-                    if local
+            mllm = (local_backend(local_model, hf_repo_id, device, dtype, batch_size, allow_download) if local
                     else OpenAIEndpoint(endpoint_url, endpoint_model, timeout_s, retries))
             try:
                 prompts = caption_image(image, grid, Captioner(mllm, CACHE, max_tokens, progress_reporter()), request)
