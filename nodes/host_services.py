@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import comfy.model_management
 import comfy.utils
@@ -13,6 +14,40 @@ def register_model_folder(name: str) -> None:
     if name not in folder_paths.folder_names_and_paths:
         folder_paths.folder_names_and_paths[name] = ([os.path.join(folder_paths.models_dir, name)],
                                                      folder_paths.supported_pt_extensions)
+
+
+def no_model_folder(kind: str) -> str:
+    """The choice shown when ``models/<kind>`` holds no model folder yet."""
+    return f"(no model folder in models/{kind})"
+
+
+def model_folders(kind: str, depth: int = 1) -> list[str]:
+    """Model folders (holding a config.json, as transformers saves them) in every root of ``kind``, down
+    to ``depth`` levels (2: also ``owner/name``), hidden ones left out; the placeholder when there are none."""
+    names = set()
+    for root in map(Path, folder_paths.get_folder_paths(kind)):
+        for level in range(1, depth + 1):
+            for config in root.glob("*/" * level + "config.json"):
+                name = config.parent.relative_to(root)
+                if not any(part.startswith(".") for part in name.parts):
+                    names.add(name.as_posix())
+    return sorted(names) or [no_model_folder(kind)]
+
+
+def model_folder_path(kind: str, name: str) -> Path | None:
+    """The first folder ``<root>/<name>`` among the roots of ``kind``; None for none or the placeholder."""
+    if name == no_model_folder(kind):
+        return None
+    return next((Path(root) / name for root in folder_paths.get_folder_paths(kind) if (Path(root) / name).is_dir()),
+                None)
+
+
+def in_choices(value: str, choices: list[str]) -> bool | str:
+    """A dropdown's value checked against its choices, for a node's ``validate_inputs``: this host checks
+    only old-style dropdowns itself, and a model file that is not there must stop the prompt before it runs."""
+    if value in choices:
+        return True
+    return f"{value!r} not in " + (f"(list of length {len(choices)})" if len(choices) > 20 else str(choices))
 
 
 def progress_reporter():

@@ -1,34 +1,35 @@
-"""Arbitrary-scale decoding (seed 003): LIIF upscaling of images and implicit decoding of latents.
+"""Arbitrary-scale decoding: LIIF upscaling of images and implicit decoding of latents.
 
 Loaders read the official layouts from two model folders registered with ComfyUI:
 ``models/liif`` (LIIF's released EDSR-baseline-LIIF / RDN-LIIF) and ``models/implicit_decoders``
-(seed 003 first-stage decoders, e.g. from ``train/train_implicit_decoder.py``). The maths is in
-``cupscale.liif.model``; checkpoint layouts and their checks in ``cupscale.liif.checkpoints``.
+(first-stage decoders of arbitrary-scale latent diffusion, e.g. from ``train/train_implicit_decoder.py``).
+The maths is in ``cupscale.liif.model``; checkpoint layouts and their checks in ``cupscale.liif.checkpoints``.
 """
 from __future__ import annotations
-
 
 import torch
 
 import comfy.model_management
-import comfy.utils
 import folder_paths
+from comfy_api.latest import io
 
 from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
-from .host_services import progress_reporter, register_model_folder
+from .host_services import in_choices, progress_reporter, register_model_folder
 
 LIIF_FOLDER = "liif"
 DECODER_FOLDER = "implicit_decoders"
 CATEGORY = "cupscale/upscaling"
 MAX_SIDE = liif.MAX_OUTPUT_SIDE
-
+ImplicitUpscaleModel = io.Custom("IMPLICIT_UPSCALE_MODEL")
+ImplicitDecoderType = io.Custom("IMPLICIT_DECODER")
 
 register_model_folder(LIIF_FOLDER)
 register_model_folder(DECODER_FOLDER)
 
 
-def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tuple[int, int], tile: int) -> torch.Tensor:
+def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tuple[int, int],
+                  tile: int) -> torch.Tensor:
     """Render on ComfyUI's device into a buffer on its intermediate device, with a progress bar
     over the query chunks of every tile and a check for the user's cancel between them."""
     device = comfy.model_management.get_torch_device()
@@ -46,99 +47,111 @@ def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tu
     return liif.to_image_(out)
 
 
-class ImplicitUpscaleModelLoader:
+class ImplicitUpscaleModelLoader(io.ComfyNode):
     """A LIIF checkpoint (official layout) from models/liif."""
 
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = ("IMPLICIT_UPSCALE_MODEL",)
-    DESCRIPTION = ("Loads a LIIF model (EDSR-baseline-LIIF or RDN-LIIF, as released by yinboc/liif) from "
-                   "models/liif, for upscaling by any factor, including non-integer ones.")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ImplicitUpscaleModelLoader", display_name="Load Implicit Upscale Model (LIIF)", category=CATEGORY,
+            description=("Loads a LIIF model (EDSR-baseline-LIIF or RDN-LIIF, as released by yinboc/liif) from "
+                         "models/liif, for upscaling by any factor, including non-integer ones."),
+            inputs=[io.Combo.Input("model_name", options=folder_paths.get_filename_list(LIIF_FOLDER),
+                                   tooltip="A .pth from LIIF's README, placed in models/liif.")],
+            outputs=[ImplicitUpscaleModel.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model_name": (folder_paths.get_filename_list(LIIF_FOLDER),
-                                            {"tooltip": "A .pth from LIIF's README, placed in models/liif."})}}
+    def validate_inputs(cls, model_name) -> bool | str:
+        return in_choices(model_name, folder_paths.get_filename_list(LIIF_FOLDER))
 
-    def load(self, model_name):
-        return (load_liif(folder_paths.get_full_path_or_raise(LIIF_FOLDER, model_name)),)
+    @classmethod
+    def execute(cls, model_name) -> io.NodeOutput:
+        return io.NodeOutput(load_liif(folder_paths.get_full_path_or_raise(LIIF_FOLDER, model_name)))
 
 
-class ImplicitUpscale:
+class ImplicitUpscale(io.ComfyNode):
     """IMAGE -> IMAGE at any scale or exact size through LIIF."""
 
-    CATEGORY = CATEGORY
-    FUNCTION = "upscale"
-    RETURN_TYPES = ("IMAGE",)
-    DESCRIPTION = ("Upscales by any factor (x1.5, x2.5, x3.3) or to an exact size with a LIIF model: every output "
-                   "pixel is queried from the image's features at its continuous position. Memory is bounded by "
-                   "tiles and chunks of queries, beside the output image itself.")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ImplicitUpscale", display_name="Implicit Upscale to Any Size (LIIF)", category=CATEGORY,
+            description=("Upscales by any factor (x1.5, x2.5, x3.3) or to an exact size with a LIIF model: every "
+                         "output pixel is queried from the image's features at its continuous position. Memory is "
+                         "bounded by tiles and chunks of queries, beside the output image itself."),
+            inputs=[
+                ImplicitUpscaleModel.Input("implicit_model"),
+                io.Image.Input("image"),
+                io.Float.Input("scale_by", default=2.0, min=0.01, max=64.0, step=0.01,
+                               tooltip="Output size as a multiple of the input; used when width and height are 0."),
+                io.Int.Input("width", default=0, min=0, max=MAX_SIDE, step=1,
+                             tooltip="Exact output width; 0 = from height's aspect ratio or scale_by."),
+                io.Int.Input("height", default=0, min=0, max=MAX_SIDE, step=1,
+                             tooltip="Exact output height; 0 = from width's aspect ratio or scale_by."),
+                io.Int.Input("tile_size", default=192, min=16, max=4096, step=16,
+                             tooltip="Input pixels per tile side; lower it if memory runs out."),
+            ],
+            outputs=[io.Image.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "implicit_model": ("IMPLICIT_UPSCALE_MODEL",),
-            "image": ("IMAGE",),
-            "scale_by": ("FLOAT", {"default": 2.0, "min": 0.01, "max": 64.0, "step": 0.01,
-                                   "tooltip": "Output size as a multiple of the input; used when width and "
-                                              "height are 0."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 1,
-                              "tooltip": "Exact output width; 0 = from height's aspect ratio or scale_by."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": MAX_SIDE, "step": 1,
-                               "tooltip": "Exact output height; 0 = from width's aspect ratio or scale_by."}),
-            "tile_size": ("INT", {"default": 192, "min": 16, "max": 4096, "step": 16,
-                                  "tooltip": "Input pixels per tile side; lower it if memory runs out."}),
-        }}
-
-    def upscale(self, implicit_model, image, scale_by, width, height, tile_size):
+    def execute(cls, implicit_model, image, scale_by, width, height, tile_size) -> io.NodeOutput:
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"image has shape {tuple(image.shape)}; LIIF models take RGB images (B, H, W, 3): "
                              f"drop the alpha channel or convert to RGB first.")
         out_hw = liif.output_size(tuple(image.shape[1:3]), scale_by, width, height)
-        return (run_on_device(implicit_model, liif.to_signed(image), out_hw, tile_size),)
+        return io.NodeOutput(run_on_device(implicit_model, liif.to_signed(image), out_hw, tile_size))
 
 
-class ImplicitDecoderLoader:
-    """A seed 003 implicit latent decoder from models/implicit_decoders."""
-
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = ("IMPLICIT_DECODER",)
-    DESCRIPTION = ("Loads an implicit neural decoder (seed 003: decoder trunk without up-sampling + LIIF) from "
-                   "models/implicit_decoders: a Lightning first-stage checkpoint of the paper's code, or a "
-                   "safetensors file from train/train_implicit_decoder.py. Shapes are checked key by key.")
+class ImplicitDecoderLoader(io.ComfyNode):
+    """An implicit latent decoder from models/implicit_decoders."""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"decoder_name": (folder_paths.get_filename_list(DECODER_FOLDER),
-                                              {"tooltip": "A decoder for the latent space you sample in."})}}
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ImplicitDecoderLoader", display_name="Load Implicit Latent Decoder", category=CATEGORY,
+            description=("Loads an implicit neural decoder (a VAE decoder trunk without up-sampling + LIIF, from "
+                         "arbitrary-scale latent diffusion) from models/implicit_decoders: a Lightning first-stage "
+                         "checkpoint of the paper's code, or a safetensors file from train/train_implicit_decoder.py. "
+                         "Shapes are checked key by key."),
+            inputs=[io.Combo.Input("decoder_name", options=folder_paths.get_filename_list(DECODER_FOLDER),
+                                   tooltip="A decoder for the latent space you sample in.")],
+            outputs=[ImplicitDecoderType.Output()],
+        )
 
-    def load(self, decoder_name):
-        return (load_implicit_decoder(folder_paths.get_full_path_or_raise(DECODER_FOLDER, decoder_name)),)
+    @classmethod
+    def validate_inputs(cls, decoder_name) -> bool | str:
+        return in_choices(decoder_name, folder_paths.get_filename_list(DECODER_FOLDER))
+
+    @classmethod
+    def execute(cls, decoder_name) -> io.NodeOutput:
+        return io.NodeOutput(load_implicit_decoder(folder_paths.get_full_path_or_raise(DECODER_FOLDER, decoder_name)))
 
 
-class ImplicitLatentDecode:
+class ImplicitLatentDecode(io.ComfyNode):
     """LATENT -> IMAGE of any width and height through an implicit decoder."""
 
-    CATEGORY = CATEGORY
-    FUNCTION = "decode"
-    RETURN_TYPES = ("IMAGE",)
-    DESCRIPTION = ("Decodes a latent to an image of any size (seed 003): the decoder trunk runs at the latent's "
-                   "resolution and a LIIF head renders each output pixel. Takes the LATENT as VAE Encode and "
-                   "the samplers give it (raw VAE latents).")
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ImplicitLatentDecode", display_name="Implicit Latent Decode to Any Size", category=CATEGORY,
+            description=("Decodes a latent to an image of any size: the decoder trunk runs at the latent's "
+                         "resolution and a LIIF head renders each output pixel. Takes the LATENT as VAE Encode and "
+                         "the samplers give it (raw VAE latents)."),
+            inputs=[
+                ImplicitDecoderType.Input("decoder"),
+                io.Latent.Input("samples"),
+                io.Int.Input("width", default=1024, min=1, max=MAX_SIDE, step=1),
+                io.Int.Input("height", default=1024, min=1, max=MAX_SIDE, step=1),
+                io.Int.Input("tile_size", default=128, min=8, max=2048, step=8,
+                             tooltip="Latent cells per tile side for the rendering queries."),
+            ],
+            outputs=[io.Image.Output()],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "decoder": ("IMPLICIT_DECODER",),
-            "samples": ("LATENT",),
-            "width": ("INT", {"default": 1024, "min": 1, "max": MAX_SIDE, "step": 1}),
-            "height": ("INT", {"default": 1024, "min": 1, "max": MAX_SIDE, "step": 1}),
-            "tile_size": ("INT", {"default": 128, "min": 8, "max": 2048, "step": 8,
-                                  "tooltip": "Latent cells per tile side for the rendering queries."}),
-        }}
-
-    def decode(self, decoder: ImplicitDecoder, samples, width, height, tile_size):
+    def execute(cls, decoder: ImplicitDecoder, samples, width, height, tile_size) -> io.NodeOutput:
         latent = samples["samples"]
         channels = decoder.info.trunk.z_channels
         if latent.ndim != 4 or latent.shape[1] != channels:
@@ -146,18 +159,7 @@ class ImplicitLatentDecode:
                              f"image latents (B, {channels}, h, w): it is an {decoder.info.describe()}. Use the "
                              f"decoder trained for this model's VAE.")
         out_hw = liif.output_size(tuple(latent.shape[-2:]), 1.0, width, height)
-        return (run_on_device(decoder.model, latent, out_hw, tile_size),)
+        return io.NodeOutput(run_on_device(decoder.model, latent, out_hw, tile_size))
 
 
-NODE_CLASS_MAPPINGS = {
-    "ImplicitUpscaleModelLoader": ImplicitUpscaleModelLoader,
-    "ImplicitUpscale": ImplicitUpscale,
-    "ImplicitDecoderLoader": ImplicitDecoderLoader,
-    "ImplicitLatentDecode": ImplicitLatentDecode,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "ImplicitUpscaleModelLoader": "Load Implicit Upscale Model (LIIF)",
-    "ImplicitUpscale": "Implicit Upscale to Any Size (LIIF)",
-    "ImplicitDecoderLoader": "Load Implicit Latent Decoder",
-    "ImplicitLatentDecode": "Implicit Latent Decode to Any Size",
-}
+NODES = [ImplicitUpscaleModelLoader, ImplicitUpscale, ImplicitDecoderLoader, ImplicitLatentDecode]

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 from comfy_api.latest import io
 
-from ..cupscale.errors import InputError
+from ..cupscale.errors import InputError, RunError
 
 
 def tile_inputs(what: str, note: str, default: int = 1024) -> list[io.Input]:
@@ -29,11 +29,14 @@ def percent_range_inputs(first: str, after: str, step: float = 0.01) -> list[io.
 
 @contextmanager
 def widget_names(**names: str):
-    """The core's InputError as the ValueError a user reads, in this node's widget names (field=widget)."""
+    """The core's InputError (RunError) as the ValueError (RuntimeError) a user reads, in this node's
+    widget names (field=widget)."""
     try:
         yield
     except InputError as error:
         raise ValueError(error.named(names)) from None
+    except RunError as error:
+        raise RuntimeError(error.named(names)) from None
 
 
 def tile_inputs_v1(what: str, note: str) -> dict:

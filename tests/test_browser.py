@@ -24,7 +24,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import tiny_vlms
-from cupscale.captioning.captioner import image_grid
+from cupscale.captioning.regions import image_grid
 from cupscale.tiling.grid import region_grid
 from cupscale.captioning.region_prompts import from_json, pixel_box
 from harness.comfy_host import PACK_DIR

@@ -14,7 +14,7 @@ from PIL import Image
 
 import tiny_vlms
 from host_helpers import pack_module
-from cupscale.captioning.captioner import XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL
+from cupscale.captioning.instructions import XPSR_HIGH_LEVEL, XPSR_LOW_LEVEL
 from harness.comfy_host import PromptError, run_prompt
 
 H, W, TILE, OVERLAP = 112, 144, 64, 16  # a 2x3 grid of regions
@@ -48,7 +48,7 @@ def from_json(host):
 
 @pytest.fixture(autouse=True)
 def fresh_cache(host, backends):
-    pack_module(host, "cupscale.captioning.captioner").CACHE.clear()
+    pack_module(host, "cupscale.captioning.cache").CACHE.clear()
     backends._parked.clear()
     yield
     backends._parked.clear()
@@ -111,7 +111,7 @@ def test_local_llava_runs_in_a_graph_and_gives_one_prompt_per_region(llm_dir, ho
 
 
 def test_model_folders_in_models_llm_are_the_choices(llm_dir, host):
-    choices = host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"].INPUT_TYPES()["required"]["local_model"][0]
+    choices = host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"].INPUT_TYPES()["required"]["local_model"][1]["options"]
     assert {"tiny-llava", "org/tiny-qwen2-vl", "tiny-idefics3", "tiny-llama"} <= set(choices)
     assert "weights-only" not in choices and "org" not in choices
 

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from cupscale.captioning.captioner import (CaptionCache, CaptionFailure, Captioner, CaptionRequest, Instructions,
-                                 caption_image, image_grid, region_crops, to_uint8_rgb)
+from cupscale.captioning.cache import CaptionCache
+from cupscale.captioning.captioner import CaptionFailure, Captioner
+from cupscale.captioning.compose import caption_image
+from cupscale.captioning.instructions import CaptionRequest, Instructions
+from cupscale.captioning.regions import image_grid, region_crops, to_uint8_rgb
 from cupscale.tiling.grid import region_grid
 from cupscale.captioning.region_prompts import RegionPrompts, from_json, to_json
 

@@ -103,7 +103,7 @@ def models_folder(host, clip_dir):
 
 def test_node_returns_the_best_images_best_first_with_every_score(models_folder, pack_node, clip):
     images = candidates(5)
-    best, ranking = pack_node("CLIPRerank").rerank(images, "tiny-clip", "a red apple", 2)
+    best, ranking = pack_node("CLIPRerank").execute(images, "tiny-clip", "a red apple", 2)
     expected = clip_scores(*clip, images, "a red apple")
     order = sorted(range(5), key=lambda i: -expected[i])
     assert [r["index"] for r in json.loads(ranking)] == order
@@ -112,14 +112,14 @@ def test_node_returns_the_best_images_best_first_with_every_score(models_folder,
 
 
 def test_model_folders_in_models_clip_rerank_are_the_choices(models_folder, host):
-    choices = host.NODE_CLASS_MAPPINGS["CLIPRerank"].INPUT_TYPES()["required"]["clip_model"][0]
+    choices = host.NODE_CLASS_MAPPINGS["CLIPRerank"].INPUT_TYPES()["required"]["clip_model"][1]["options"]
     assert "tiny-clip" in choices
 
 
 def test_node_errors_name_the_input_and_the_fix(models_folder, pack_node):
     node = pack_node("CLIPRerank")
     with pytest.raises(ValueError, match=r"keep = 3 but the batch holds 2 candidates: lower keep"):
-        node.rerank(candidates(2), "tiny-clip", "a cat", 3)
+        node.execute(candidates(2), "tiny-clip", "a cat", 3)
     with pytest.raises(ValueError, match=r"clip_model = 'nope': no such model folder in .*hf download "
                                          r"openai/clip-vit-large-patch14"):
-        node.rerank(candidates(2), "nope", "a cat", 1)
+        node.execute(candidates(2), "nope", "a cat", 1)

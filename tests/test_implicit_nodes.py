@@ -89,14 +89,14 @@ def test_prompt_decodes_a_vae_latent_to_any_size(models, input_image, tiny):
 def test_progress_reaches_the_end_and_cancel_stops_the_node(models, pack_node):
     import comfy.model_management
     import comfy.utils
-    model = pack_node("ImplicitUpscaleModelLoader").load("tiny-edsr-liif.pth")[0]
+    model = pack_node("ImplicitUpscaleModelLoader").execute("tiny-edsr-liif.pth")[0]
     node = pack_node("ImplicitUpscale")
     img = torch.rand(1, 24, 24, 3, generator=torch.Generator().manual_seed(0))
     seen = []
     previous = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
     try:
-        out = node.upscale(model, img, 1.5, 0, 0, 16)[0]
+        out = node.execute(model, img, 1.5, 0, 0, 16)[0]
     finally:
         comfy.utils.set_progress_bar_global_hook(previous)
     assert out.shape == (1, 36, 36, 3)
@@ -104,23 +104,23 @@ def test_progress_reaches_the_end_and_cancel_stops_the_node(models, pack_node):
     comfy.model_management.interrupt_current_processing(True)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            node.upscale(model, img, 1.5, 0, 0, 16)
+            node.execute(model, img, 1.5, 0, 0, 16)
     finally:
         comfy.model_management.interrupt_current_processing(False)
 
 
 def test_bad_inputs_name_the_input_and_the_fix(models, pack_node):
     with pytest.raises(ValueError, match=r"RealESRGAN_x2.pth is not a LIIF checkpoint.*'Load Upscale Model'"):
-        pack_node("ImplicitUpscaleModelLoader").load("RealESRGAN_x2.pth")
-    model = pack_node("ImplicitUpscaleModelLoader").load("tiny-edsr-liif.pth")[0]
+        pack_node("ImplicitUpscaleModelLoader").execute("RealESRGAN_x2.pth")
+    model = pack_node("ImplicitUpscaleModelLoader").execute("tiny-edsr-liif.pth")[0]
     img = torch.rand(1, 8, 8, 3)
-    upscale = pack_node("ImplicitUpscale").upscale
+    upscale = pack_node("ImplicitUpscale").execute
     with pytest.raises(ValueError, match=r"scale_by = 0.0: the scale factor must be positive"):
         upscale(model, img, 0.0, 0, 0, 64)
     with pytest.raises(ValueError, match=r"beyond the maximum of 16384 per side"):
         upscale(model, img, 1.0, 20000, 0, 64)
     with pytest.raises(ValueError, match=r"LIIF models take RGB images"):
         upscale(model, torch.rand(1, 8, 8, 4), 2.0, 0, 0, 64)
-    decoder = pack_node("ImplicitDecoderLoader").load("tiny-first-stage.ckpt")[0]
+    decoder = pack_node("ImplicitDecoderLoader").execute("tiny-first-stage.ckpt")[0]
     with pytest.raises(ValueError, match=r"samples has shape \(1, 16, 8, 8\), but the decoder takes 4-channel"):
-        pack_node("ImplicitLatentDecode").decode(decoder, {"samples": torch.zeros(1, 16, 8, 8)}, 64, 64, 64)
+        pack_node("ImplicitLatentDecode").execute(decoder, {"samples": torch.zeros(1, 16, 8, 8)}, 64, 64, 64)

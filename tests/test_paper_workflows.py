@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import tiny_vlms
-from cupscale.captioning.captioner import DEGRADATION_TAGS
+from cupscale.captioning.instructions import DEGRADATION_TAGS
 from harness import workflows
 from harness.comfy_host import run_prompt
 from tiny_xpsr import release
@@ -98,7 +98,7 @@ def seen(host, monkeypatch):
                              (control.SFAControl, "get_control", get_control), (backends.LocalVLM, "caption", caption)):
         spy.original = getattr(owner, name)
         monkeypatch.setattr(owner, name, spy)
-    captioner.captioning.CACHE.clear()  # every test asks the VLM itself
+    captioner.CACHE.clear()  # every test asks the VLM itself
     return log
 
 

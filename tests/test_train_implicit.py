@@ -45,13 +45,13 @@ def test_loss_falls_by_at_least_30_percent(setup):
 
 def test_saved_decoder_loads_in_the_node_and_decodes_to_333x517(setup, pack_node):
     root, config, vae, _ = setup
-    decoder = pack_node("ImplicitDecoderLoader").load("tiny.safetensors")[0]
+    decoder = pack_node("ImplicitDecoderLoader").execute("tiny.safetensors")[0]
     assert decoder.info.latent == "tiny-sd15" and decoder.info.hidden == (32, 32)
     pixels = load_images(config.images, config.crop)[0][None, :64, :64].float() / 255
     latent = {"samples": vae.encode(pixels)}
-    out = pack_node("ImplicitLatentDecode").decode(decoder, latent, 517, 333, 128)[0]
+    out = pack_node("ImplicitLatentDecode").execute(decoder, latent, 517, 333, 128)[0]
     assert out.shape == (1, 333, 517, 3) and out.std() > 0.01
-    same_size = pack_node("ImplicitLatentDecode").decode(decoder, latent, 64, 64, 128)[0]
+    same_size = pack_node("ImplicitLatentDecode").execute(decoder, latent, 64, 64, 128)[0]
     assert (same_size - pixels).abs().mean() < 0.25  # it decodes an image it was trained on, roughly
 
 

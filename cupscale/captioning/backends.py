@@ -3,6 +3,9 @@
 Users run captioning models either in-process (a model folder: LLaVA 1.5/NeXT, Qwen2-VL,
 Qwen2.5-VL, Idefics3/SmolVLM, ...) or behind a local server that speaks the OpenAI chat API
 (Ollama, llama.cpp, LM Studio, vLLM). Both answer one instruction about each of a few images.
+Errors name the fields ``model_folder`` / ``repo_id`` (the local model's source), ``model_folders``
+(where model folders live), ``base_url`` and ``model`` (the endpoint's), and the other settings by
+their parameter names.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..errors import InputError, RunError
 from .captioner import CaptionFailure
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 API_KEY_ENV = "CUPSCALE_MLLM_API_KEY"
+SOURCE_FIELDS = {"folder": "model_folder", "repo_id": "repo_id", "folders": "model_folders"}
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -34,7 +39,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float16 if device.type == "mps" else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"dtype = {name!r}: choose auto, {', '.join(DTYPES)}.")
+        raise InputError(f"{{dtype}} = {name!r}: choose auto, {', '.join(DTYPES)}.", dtype="dtype")
     return DTYPES[name]
 
 
@@ -44,22 +49,24 @@ def vlm_config(source: str, local_files_only: bool, cache_dir: str | None):
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     is_folder = Path(source).is_dir()
     if Path(source).is_absolute() and not is_folder:
-        raise ValueError(f"local_model: no folder at {source}. Put a transformers model folder (with its "
-                         f"config.json) under models/LLM, or choose another local_model.")
+        raise InputError(f"{{folder}}: no folder at {source}. Put a transformers model folder (with its "
+                         f"config.json) under {{folders}}, or choose another {{folder}}.", **SOURCE_FIELDS)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_files_only, cache_dir=cache_dir)
     except (OSError, ValueError) as e:
         if is_folder:
-            raise ValueError(f"local_model: {source} is not a transformers model folder ({e}). It needs "
-                             f"config.json, the weights, the tokenizer and the processor files.") from None
-        hint = ("enable allow_download to fetch it" if local_files_only
+            raise InputError(f"{{folder}}: {source} is not a transformers model folder ({e}). It needs "
+                             f"config.json, the weights, the tokenizer and the processor files.",
+                             **SOURCE_FIELDS) from None
+        hint = ("enable {allow_download} to fetch it" if local_files_only
                 else "check the repository id and your connection")
-        raise ValueError(f"hf_repo_id: {source!r} is not in {cache_dir}: {hint}, or put the model folder "
-                         f"under models/LLM and choose it as local_model.") from None
+        raise InputError(f"{{repo_id}}: {source!r} is not in {cache_dir}: {hint}, or put the model folder "
+                         f"under {{folders}} and choose it as {{folder}}.", **SOURCE_FIELDS,
+                         allow_download="allow_download") from None
     if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        raise ValueError(f"local_model: {source} holds a {config.model_type!r} model, which cannot look at "
+        raise InputError(f"{{folder}}: {source} holds a {config.model_type!r} model, which cannot look at "
                          f"images. Choose a vision-language model folder (LLaVA, Qwen2-VL, Qwen2.5-VL, SmolVLM, "
-                         f"Idefics3, ...).")
+                         f"Idefics3, ...).", **SOURCE_FIELDS)
     return config
 
 
@@ -78,7 +85,7 @@ class LocalVLM:
     def __init__(self, source: str, device: torch.device, dtype: str = "auto", batch_size: int = 4,
                  allow_download: bool = False, cache_dir: str | None = None):
         if batch_size < 1:
-            raise ValueError(f"batch_size = {batch_size} must be at least 1.")
+            raise InputError(f"{{batch_size}} = {batch_size} must be at least 1.", batch_size="batch_size")
         self.source, self.device, self.batch_size = source, torch.device(device), batch_size
         self.dtype = resolve_dtype(dtype, self.device)
         self.allow_download, self.cache_dir = allow_download, cache_dir
@@ -101,9 +108,9 @@ class LocalVLM:
         vlm_config(self.source, **kwargs)
         processor = AutoProcessor.from_pretrained(self.source, **kwargs)
         if not getattr(processor, "chat_template", None):
-            raise ValueError(f"local_model: {self.source} has no chat template (chat_template.json or "
+            raise InputError(f"{{folder}}: {self.source} has no chat template (chat_template.json or "
                              f"tokenizer_config.json), so the image cannot be placed in the prompt. "
-                             f"Use the model's instruct/chat release.")
+                             f"Use the model's instruct/chat release.", **SOURCE_FIELDS)
         processor.tokenizer.padding_side = "left"
         model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype, **kwargs)
         self.processor, self.model = processor, model.to(self.device).eval()
@@ -135,8 +142,8 @@ def chat_completions_url(base_url: str) -> str:
     """``http://host:port/v1`` (as Ollama, llama.cpp, LM Studio and vLLM print it) → its chat URL."""
     url = base_url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"endpoint_url = {base_url!r} must start with http:// or https:// "
-                         f"(e.g. http://127.0.0.1:11434/v1 for Ollama).")
+        raise InputError(f"{{base_url}} = {base_url!r} must start with http:// or https:// "
+                         f"(e.g. http://127.0.0.1:11434/v1 for Ollama).", base_url="base_url")
     if url.endswith("/chat/completions"):
         return url
     return url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
@@ -184,10 +191,11 @@ class OpenAIEndpoint:
     def __init__(self, base_url: str, model: str, timeout_s: float = 120.0, retries: int = 2,
                  backoff_s: float = 0.5):
         if not model.strip():
-            raise ValueError("endpoint_model is empty: set the model name the server serves "
-                             "(e.g. from `ollama list` or the server's /v1/models).")
+            raise InputError("{model} is empty: set the model name the server serves "
+                             "(e.g. from `ollama list` or the server's /v1/models).", model="model")
         if timeout_s <= 0 or retries < 0:
-            raise ValueError(f"timeout_s = {timeout_s} must be positive and retries = {retries} at least 0.")
+            raise InputError(f"{{timeout_s}} = {timeout_s} must be positive and {{retries}} = {retries} at least 0.",
+                             timeout_s="timeout_s", retries="retries")
         self.url, self.model = chat_completions_url(base_url), model.strip()
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.model_id = f"endpoint:{self.url}#{self.model}"
@@ -215,9 +223,9 @@ class OpenAIEndpoint:
                     return reply_text(json.load(reply))
             except urllib.error.HTTPError as e:
                 if e.code not in RETRYABLE_HTTP:
-                    raise RuntimeError(f"the endpoint {self.url} rejected the request (HTTP {e.code}: "
-                                       f"{error_detail(e)}). Check endpoint_model = {self.model!r} and that "
-                                       f"this model accepts images.") from None
+                    raise RunError(f"the endpoint {self.url} rejected the request (HTTP {e.code}: "
+                                   f"{error_detail(e)}). Check {{model}} = {self.model!r} and that "
+                                   f"this model accepts images.", model="model") from None
                 why = f"HTTP {e.code}: {error_detail(e)}"
             except urllib.error.URLError as e:
                 timed_out = isinstance(e.reason, (TimeoutError, socket.timeout))
@@ -228,8 +236,9 @@ class OpenAIEndpoint:
             except (ConnectionError, http.client.HTTPException, ValueError) as e:
                 why = f"a broken reply ({type(e).__name__}: {e})"
         if unreachable:
-            raise RuntimeError(f"could not reach the endpoint at {self.url} ({unreachable}). Start the server "
-                               f"(Ollama, llama.cpp, LM Studio, vLLM) or set endpoint_url to where it listens.")
+            raise RunError(f"could not reach the endpoint at {self.url} ({unreachable}). Start the server "
+                           f"(Ollama, llama.cpp, LM Studio, vLLM) or set {{base_url}} to where it listens.",
+                           base_url="base_url")
         raise CaptionFailure(f"{why} after {self.retries + 1} attempts")
 
     def release(self, offload: bool) -> None:

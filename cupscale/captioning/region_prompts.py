@@ -1,6 +1,6 @@
 """Region prompts: one text prompt per tile of a region grid, plus the global prompt.
 
-C-Upscale's Regional Semantic Prior (seed 000, Fig. 3) gives every region its own prompt from a
+C-Upscale's Regional Semantic Prior (Fig. 3) gives every region its own prompt from a
 multimodal LLM; the Attention Composer (Fig. 4) pairs it with the global prompt. The prompts are
 only meaningful for the grid they were made for, so the object carries that grid and every
 consumer checks it against its own tiles (:meth:`RegionPrompts.check_grid`).
@@ -27,8 +27,8 @@ JSON_FORMAT = "cupscale.region_prompts/1"
 class RegionPrompts:
     """Prompts for the regions of ``grid`` (row-major, as ``grid.boxes``) and for the whole image.
 
-    ``high_level`` and ``low_level`` are XPSR's two descriptions of the whole image (seed 004,
-    Sec. 3.3); empty when they were not asked for.
+    ``high_level`` and ``low_level`` are XPSR's two descriptions of the whole image
+    (Sec. 3.3); empty when they were not asked for.
     """
 
     grid: RegionGrid

@@ -4,9 +4,10 @@ Two layouts, read with ``torch.load(weights_only=True)`` or safetensors, never b
 
 - LIIF's (yinboc/liif ``train_liif.py``): ``{'model': {'name': 'liif', 'args': {...}, 'sd': {...}}}``
   with ``encoder.*`` (EDSR-baseline, EDSR or RDN without up-sampling) and ``imnet.layers.N.*``.
-- Seed 003's first stage (zhenshij/arbitrary-scale-diffusion, ``ldm/models/firststagemodel.py``):
-  class ``IND`` holds ``decoder`` = Sequential(1x1 conv, trunk) and ``inr`` = LIIF, so inside the
-  Lightning ``state_dict`` (or LIIF-style ``model.sd``) of a ``FirstStageModel`` the keys are
+- The first stage of arbitrary-scale latent diffusion with an implicit neural decoder
+  (zhenshij/arbitrary-scale-diffusion, ``ldm/models/firststagemodel.py``): class ``IND`` holds
+  ``decoder`` = Sequential(1x1 conv, trunk) and ``inr`` = LIIF, so inside the Lightning ``state_dict``
+  (or LIIF-style ``model.sd``) of a ``FirstStageModel`` the keys are
   ``decoder.decoder.0.*`` (1x1 conv), ``decoder.decoder.1.*`` (trunk: conv_in, mid, up.N.block),
   ``decoder.inr.imnet.layers.N.*``, beside the encoder's ``encoder.0.*`` / ``encoder.1.*``. Any
   prefix before ``inr.`` is accepted (a bare IND, or ``first_stage_model.decoder.`` inside an LDM).
@@ -22,7 +23,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..checkpoints import CheckpointError, is_safetensors, load_torch_file, unreadable
+from ..checkpoints import (CheckpointError, describe_state_dict, is_safetensors, key_mismatch, load_torch_file,
+                           summarise, unreadable)
 from .model import ImplicitImageFunction, LIIFHead
 from .encoders import EDSR, RDN, DecoderTrunk, TrunkConfig, trunk_config_from_state_dict
 
@@ -54,23 +56,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, str]]:
         raise unreadable(e, path) from e
 
 
-def guess_kind(sd: dict) -> str:
-    """A short guess of what a state dict is, for error messages."""
-    keys = [k for k in sd if isinstance(k, str)]
-    has = lambda *parts: any(all(p in k for p in parts) for k in keys)  # noqa: E731
-    if has(HEAD_KEY):
-        return "an implicit latent decoder (seed 003 first stage)"
-    if has("imnet.layers."):
-        return "the weights of a LIIF pixel upscaler (imnet.layers.*)"
-    if has("diffusion_model.") or has("input_blocks."):
-        return "a diffusion model checkpoint"
-    if has("decoder.conv_out.") or has("post_quant_conv.") or has("decoder.up.", "upsample."):
-        return "a plain VAE"
-    if has("conv_first.") or has("RRDB_trunk.") or has("model.0.weight") or has("body.", ".rdb"):
-        return "an ESRGAN-style upscale model"
-    return f"an unknown model (first keys: {', '.join(keys[:3]) or 'none'})"
-
-
 def state_dict_of(obj) -> dict:
     """The state dict inside a Lightning checkpoint, LIIF's ``model.sd`` wrapping, or a bare one."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -94,27 +79,21 @@ def check_and_load(module: nn.Module, sd: dict[str, torch.Tensor], name: str,
                    layout: tuple[tuple[str, str], ...], prefix: str = "") -> None:
     """Load ``sd`` (keys as in the file) into ``module`` after naming, in the file's own key names,
     every missing, unexpected or mis-shaped key."""
-    own = {file_key(k, layout, prefix): (k, v) for k, v in module.state_dict().items()}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} (expected {tuple(v.shape)})" for k, (_, v) in own.items()
-              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if items:
-            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
-            problems.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+    params = module.state_dict()
+    own = {file_key(k, layout, prefix): k for k in params}
+    problems = key_mismatch({theirs: tuple(params[ours].shape) for theirs, ours in own.items()}, sd).problems()
     if problems:
-        raise CheckpointError(f"{name} does not match the architecture it describes: " + "; ".join(problems)
+        raise CheckpointError(f"{name} does not match the architecture it describes: "
+                              + "; ".join(f"{len(keys)} {what}: {summarise(keys, 5)}" for what, keys in problems)
                               + ". The file is incomplete or comes from a modified model.")
-    module.load_state_dict({ours: sd[theirs] for theirs, (ours, _) in own.items()})
+    module.load_state_dict({ours: sd[theirs] for theirs, ours in own.items()})
 
 
 def liif_from_checkpoint(obj, name: str) -> ImplicitImageFunction:
     """Build a pixel-space LIIF from LIIF's official ``{'model': {'name', 'args', 'sd'}}``."""
     spec = obj.get("model") if isinstance(obj, dict) else None
     if not (isinstance(spec, dict) and {"name", "args", "sd"} <= spec.keys()):
-        kind = guess_kind(obj) if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        kind = describe_state_dict(obj) if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise CheckpointError(f"{name} is not a LIIF checkpoint: it looks like {kind}. Expected "
                               f"{{'model': {{'name': 'liif', 'args', 'sd'}}}} as saved by yinboc/liif (e.g. "
                               f"edsr-baseline-liif.pth, rdn-liif.pth). ESRGAN-style models load with ComfyUI's "
@@ -187,14 +166,15 @@ def head_from_state_dict(sd: dict[str, torch.Tensor], feat_dim: int, local_ensem
 
 
 def decoder_from_state_dict(sd: dict[str, torch.Tensor], metadata: dict[str, str], name: str) -> ImplicitDecoder:
-    """Build seed 003's implicit neural decoder (1x1 conv + trunk + LIIF) from any state dict that
-    holds an IND under some prefix; refuse other models with what they look like."""
+    """Build the implicit neural decoder (1x1 conv + trunk + LIIF) from any state dict that holds an IND
+    under some prefix; refuse other models with what they look like."""
     heads = [k for k in sd if k.endswith(HEAD_KEY)]
     if not heads:
-        raise CheckpointError(f"{name} is not an implicit latent decoder: it looks like {guess_kind(sd)}. Expected "
-                              f"the first-stage keys of seed 003 (decoder.decoder.0.*, decoder.decoder.1.*, "
-                              f"decoder.inr.imnet.layers.*). A plain VAE loads with 'Load VAE'; to get an implicit "
-                              f"decoder for its latents, train one with train/train_implicit_decoder.py.")
+        raise CheckpointError(f"{name} is not an implicit latent decoder: it looks like {describe_state_dict(sd)}. "
+                              f"Expected the first-stage keys of arbitrary-scale latent diffusion "
+                              f"(decoder.decoder.0.*, decoder.decoder.1.*, decoder.inr.imnet.layers.*). A plain VAE "
+                              f"loads with 'Load VAE'; to get an implicit decoder for its latents, train one with "
+                              f"train/train_implicit_decoder.py.")
     prefix = heads[0][:-len(HEAD_KEY)]
     ind = {k: v for k, v in sd.items() if k.startswith((prefix + "decoder.", prefix + "inr."))}
     trunk_sd = {k[len(prefix + "decoder.1."):]: v for k, v in ind.items() if k.startswith(prefix + "decoder.1.")}

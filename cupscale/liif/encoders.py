@@ -2,7 +2,7 @@
 
 - EDSR (Lim et al. 2017) and RDN (Zhang et al. 2018) without their up-sampling tail: LIIF's
   encoders E_phi (LIIF Sec. 4.1, "EDSR-baseline" and "RDN", `no_upsampling: true`).
-- The SD-style VAE decoder trunk without up-sampling, norm_out or conv_out: seed 003's auto-decoder
+- The SD-style VAE decoder trunk without up-sampling, norm_out or conv_out: the arbitrary-scale LDM's auto-decoder
   D_phi ("the symmetric decoder w/o up-scaling", Fig. 3), run at the latent's own resolution.
 
 Each local extractor reports ``receptive_radius``: how many codes away a 3x3 convolution chain can
@@ -156,7 +156,7 @@ class TrunkConfig:
 
 
 class DecoderTrunk(nn.Module):
-    """The LDM decoder with its up-sampling layers, norm_out and conv_out removed (seed 003, Fig. 3):
+    """The LDM decoder with its up-sampling layers, norm_out and conv_out removed (arbitrary-scale LDM, Fig. 3):
     conv_in, the middle block, then every level's residual blocks from the deepest level up, all at
     the latent's resolution. Module names follow the LDM decoder, so a VAE's decoder weights fit.
     """

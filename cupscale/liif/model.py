@@ -12,7 +12,7 @@ any continuous query point x_q with one MLP f_theta shared by all codes (Sec. 3.
 - Eq. 5 (Sec. 3.3), cell decoding: the query also carries the size of the output pixel c, so one
   model renders any scale.
 
-Seed 003 (Kim & Kim, arbitrary-scale LDM, Fig. 3) puts the same function after a decoder trunk
+Kim & Kim's arbitrary-scale LDM (Fig. 3) puts the same function after a decoder trunk
 without up-sampling, so that a latent decodes to any output size.
 
 Units. Following the official code, positions are measured on the code grid: a code has index
@@ -171,7 +171,7 @@ class LIIFHead(nn.Module):
 
 
 class ImplicitImageFunction(nn.Module):
-    """A feature extractor followed by a LIIF head: LIIF's encoder E_phi (Sec. 3.2) or seed 003's
+    """A feature extractor followed by a LIIF head: LIIF's encoder E_phi (Sec. 3.2) or the arbitrary-scale LDM's
     decoder trunk without up-sampling (Fig. 3, D_phi).
 
     ``receptive_radius`` is how many codes away the extractor still sees; ``None`` when it mixes

@@ -28,7 +28,8 @@ from typing import Callable, Iterable, Mapping
 import safetensors
 import torch
 
-from ..checkpoints import CheckpointError, is_safetensors, load_torch_file, unreadable
+from ..checkpoints import (CheckpointError, describe_state_dict, is_safetensors, key_mismatch, load_torch_file,
+                           summarise, unreadable)
 from .sfa import TransformerSpec
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
@@ -134,7 +135,7 @@ def read_config(weights: Path) -> dict:
 def read_tensors(path: Path, wanted: Callable[[str], bool], describe_as: str) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` whose names are ``wanted``; a safetensors file is read selectively.
 
-    Before reading, the whole key list is checked with :func:`describe`, so a wrong file fails
+    Before reading, the whole key list is checked with :func:`check_kind`, so a wrong file fails
     fast with what it is. ``describe_as`` names the input for the messages.
     """
     try:
@@ -155,35 +156,9 @@ def read_tensors(path: Path, wanted: Callable[[str], bool], describe_as: str) ->
     return {k: v for k, v in sd.items() if wanted(k)}
 
 
-def describe(keys: Iterable[str]) -> str:
-    """What a state dict looks like, from its names alone: for messages about wrong files."""
-    keys = list(keys)
-    has = lambda part: any(part in k for k in keys)  # noqa: E731
-    sdxl = has("add_embedding.") or has("label_emb.") or has("conditioner.embedders.")
-    base = "SDXL" if sdxl else "SD"
-    if has("attentions_lowlevel.") and has("controlnet_cond_embedding."):
-        return "XPSR's ControlNet (Semantic-Fusion Attention)"
-    if has("pixel_attentions."):
-        return "XPSR's UNet (with its Conditional Attention)"
-    if has("controlnet_cond_embedding.") or has("input_hint_block."):
-        return f"a standard {base} ControlNet (no Semantic-Fusion Attention)"
-    if has("lora_") or has(".lora."):
-        return "a LoRA"
-    if has("up_blocks.") and has("conv_out."):
-        return f"a plain {base} UNet in diffusers layout (no Conditional Attention)"
-    if has("output_blocks.") or has("model.diffusion_model."):
-        return f"an {base} model checkpoint" if sdxl else f"an {base} model checkpoint (UNet in ldm layout)"
-    if has("decoder.") and has("encoder."):
-        return "a VAE"
-    if has("text_model.") or has("transformer.text_model."):
-        return "a text encoder"
-    shown = ", ".join(keys[:3])
-    return f"not a diffusion model part ({len(keys)} tensors, e.g. {shown})"
-
-
 def check_kind(keys: list[str], path: Path, describe_as: str) -> None:
     """Refuse a file whose names show it is not the part the input expects."""
-    kind = describe(keys)
+    kind = describe_state_dict(keys)
     if describe_as == "controlnet" and not kind.startswith("XPSR's ControlNet"):
         advice = ("load it with ComfyUI's 'Load ControlNet Model' instead" if "standard" in kind
                   else "XPSR builds on SD1.5" if "SDXL" in kind else "pick the release's controlnet/ weights")
@@ -328,23 +303,13 @@ def load_xpsr(controlnet: str | Path, unet: str | Path) -> XPSRWeights:
     return XPSRWeights(arch, state_dict, (control_path, unet_path), training_only)
 
 
-def summarise(keys: list[str], shown: int = 4) -> str:
-    more = f", and {len(keys) - shown} more" if len(keys) > shown else ""
-    return ", ".join(keys[:shown]) + more
-
-
 def check_layout(expected: Mapping[str, tuple[int, ...]], weights: XPSRWeights) -> None:
     """Every parameter of the built model gets a weight of its shape, and every weight has a place."""
-    found = weights.state_dict
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} {tuple(found[k].shape)} != {tuple(shape)}" for k, shape in expected.items()
-             if k in found and tuple(found[k].shape) != tuple(shape)]
-    if missing or unexpected or wrong:
-        problems = [f"{what} ({len(keys)}): {summarise(keys)}" for what, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+    problems = key_mismatch(expected, weights.state_dict).problems()
+    if problems:
+        listed = "; ".join(f"{what} ({len(keys)}): {summarise(keys)}" for what, keys in problems)
         files = " and ".join(p.name for p in weights.sources)
         raise CheckpointError(f"{files} do not fit together as XPSR's ControlNet and Conditional Attention: "
-                              f"{'; '.join(problems)}. Use the controlnet/ and unet/ weights of one XPSR "
+                              f"{listed}. Use the controlnet/ and unet/ weights of one XPSR "
                               f"checkpoint folder, each with its config.json beside it.")
 
