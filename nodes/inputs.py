@@ -38,7 +38,3 @@ def widget_names(**names: str):
     except RunError as error:
         raise RuntimeError(error.named(names)) from None
 
-
-def tile_inputs_v1(what: str, note: str) -> dict:
-    """TRANSITION: tile_inputs for the families not yet in the V3 schema."""
-    return {i.id: (i.get_io_type(), i.as_dict()) for i in tile_inputs(what, note)}

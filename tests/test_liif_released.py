@@ -24,7 +24,7 @@ def test_liif_x4_beats_bicubic_by_2_db_on_a_real_photo(host, checkpoint):
     import folder_paths
     folder_paths.add_model_folder_path("liif", str(checkpoint.parent))
     model = host.NODE_CLASS_MAPPINGS["ImplicitUpscaleModelLoader"].execute(checkpoint.name)[0]
-    original = photo("chelsea")
+    original = photo("astronaut")
     low = original.resize((original.width // 4, original.height // 4), Image.BICUBIC)
     image = torch.from_numpy(np.asarray(low, dtype=np.float32) / 255)[None]
     out = host.NODE_CLASS_MAPPINGS["ImplicitUpscale"].execute(model, image, 4.0, 0, 0, 192)[0]
