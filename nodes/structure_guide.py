@@ -12,7 +12,8 @@ import torch
 import comfy.patcher_extension
 from comfy_api.latest import io
 
-from ..cupscale.priors.structure import DECAY_SHAPES, reference_at, reference_for_batch, step_weight, upscale_factor, working_band
+from ..cupscale.priors.structure import (DECAY_SHAPES, reference_at, reference_for_batch, step_weight, upscale_factor,
+                                         working_band)
 from ..cupscale.schedule import check_percent_range, schedule_progress
 from ..cupscale.tiling.lowpass import align_low_frequencies, lowpass
 from .inputs import percent_range_inputs, widget_names
