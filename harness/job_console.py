@@ -59,7 +59,7 @@ class JobProgress:
     def __init__(self, prompt: dict):
         self.stages = [k for k, v in prompt.items() if v["class_type"] in SAMPLERS]
         self.done: list[str] = []
-        self.bar = tqdm(total=max(len(self.stages), 1), file=sys.stderr, dynamic_ncols=True, desc="upscaling",
+        self.bar = tqdm(total=max(len(self.stages), 1), file=sys.stderr, dynamic_ncols=True, desc="upscaling: ",
                         bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
 
     def __enter__(self) -> "JobProgress":
