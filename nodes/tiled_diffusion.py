@@ -9,7 +9,6 @@ Three wrappers on a clone of the model (core: cupscale.tiling.multidiffusion.run
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -19,12 +18,13 @@ import comfy.patcher_extension
 import comfy.utils
 from comfy_api.latest import io
 
-from ..cupscale.schedule import step_index
+from ..cupscale.schedule import StepClock
 from ..cupscale.tiling import blended
 from ..cupscale.tiling.grid import RegionGrid, check_tile_settings, region_grid
 from ..cupscale.tiling.multidiffusion import TileBatch, repeat_per_tile, run_tiles, tile_value, tile_weights
 from .control_tiling import ControlRequest, TiledHints, defer_controls
 from .inputs import tile_inputs, widget_names
+from .step_clock import run_clock
 
 TILES_KEY = "cupscale_tiles"
 RUN_KEY = "cupscale_tiled_run"
@@ -41,7 +41,7 @@ def latent_ratio(model_patcher) -> int:
 class TiledRun:
     """What one sampling run needs beyond the model call: blending inputs, hints, progress."""
 
-    steps: int
+    clock: StepClock
     tiles: int
     progress: comfy.utils.ProgressBar
     source: torch.Tensor | None = None
@@ -49,15 +49,12 @@ class TiledRun:
     mask: torch.Tensor | None = None
     hints: TiledHints = field(default_factory=TiledHints)
 
-    def report(self, transformer_options: dict, done: int, total: int) -> None:
-        """Tile-level progress on the same scale as the sampler's own step bar (steps x tiles)."""
-        sigmas = transformer_options.get("sample_sigmas")
-        sigma = transformer_options.get("sigmas")
-        if sigmas is None or sigma is None:
-            return
-        value = step_index(sigmas, float(sigma.max())) * self.tiles + round(done * self.tiles / total)
+    def report(self, done: int, total: int) -> None:
+        """Tile-level progress on the same scale as the sampler's own step bar (steps x tiles); the step is the
+        clock's, on the host, so reporting never waits for the device."""
+        value = self.clock.step * self.tiles + round(done * self.tiles / total)
         # Never backwards: a resampler (RePaint) revisits noise levels it has passed.
-        self.progress.update_absolute(max(value, self.progress.current), self.steps * self.tiles)
+        self.progress.update_absolute(max(value, self.progress.current), self.clock.steps * self.tiles)
 
 
 class TiledDiffusion:
@@ -86,10 +83,11 @@ class TiledDiffusion:
         guider = executor.class_obj
         model = guider.model_patcher.model
         hw = tuple(noise.shape[-2:])
-        steps, tiles = max(1, sigmas.shape[-1] - 1), len(self.grid(hw)[0])
+        clock, callback = run_clock(guider.model_options, sigmas, callback)
+        tiles = len(self.grid(hw)[0])
         # Like the sampler's own ProgressBar (latent_preview.prepare_callback), this reports to the UI and to
         # progress hooks whatever disable_pbar says: that flag is for the console's tqdm bars.
-        run = TiledRun(steps, tiles, comfy.utils.ProgressBar(steps * tiles))
+        run = TiledRun(clock, tiles, comfy.utils.ProgressBar(clock.steps * tiles))
         if self.mask is not None:
             with widget_names(mask="TiledBlendedDiffusion's mask"):
                 run.mask = blended.mask_at_latent(self.mask, hw, latent_ratio(guider.model_patcher))
@@ -136,7 +134,7 @@ class TiledDiffusion:
             c_cat, c_cross = tile_cond.pop("c_concat"), tile_cond.pop("c_crossattn")
             return executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
 
-        report = None if run is None else functools.partial(run.report, transformer_options)
+        report = None if run is None else run.report
         return run_tiles(x, grid, weights, self.tiles_per_batch, evaluate, chunks=chunks,
                          tiles=self.tiles_to_run(grid, run), report=report)
 
