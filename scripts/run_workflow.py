@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -42,6 +43,17 @@ def main(argv=None) -> int:
         return upscale(args, p.error, log)
 
 
+@contextmanager
+def restored(folders: tuple[str, str]):
+    """The host's input and output folders put back after the job (the tests run it in their process)."""
+    import folder_paths
+    try:
+        yield
+    finally:
+        folder_paths.set_input_directory(folders[0])
+        folder_paths.set_output_directory(folders[1])
+
+
 def upscale(args, error, log: HostLog) -> int:
     """The job itself, with the host's log going to ``log``."""
     import torch
@@ -61,7 +73,8 @@ def upscale(args, error, log: HostLog) -> int:
             error(f"checkpoint {name!r} is not in {folder_paths.get_folder_paths('checkpoints')}: put it there, "
                   f"pass --checkpoint NAME, or --tiny-models to check the pipeline without weights")
 
-    with tempfile.TemporaryDirectory() as tmp:
+    folders = folder_paths.get_input_directory(), folder_paths.get_output_directory()
+    with tempfile.TemporaryDirectory() as tmp, restored(folders):
         folder_paths.set_input_directory(str(Path(tmp) / "input"))
         folder_paths.set_output_directory(str(Path(tmp) / "output"))
         Path(tmp, "input").mkdir()
