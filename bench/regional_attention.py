@@ -5,6 +5,8 @@
    at most 1 GB in fp16 for an SDXL 1024² low-res image. Checked against the bytes measured on the tiny models.
 2. The prior's extra cost per step as a ratio to the tiles' own evaluations (tiny models, euler, CFG): one
    cond-only UNet pass on the low-res latent per step, against tiles x (cond + uncond) passes.
+3. What bounding the capture (capture_size) does: the maps' bytes, the capture's time, and how far the output
+   moves from a full capture's, against how far the prior moves it from tiles alone.
 
 Run: .venv/bin/python bench/regional_attention.py   (one CPU thread, for stable timings on a shared machine)
 """
@@ -26,7 +28,7 @@ comfy_host.boot()
 
 import comfy.sample  # noqa: E402
 import nodes  # noqa: E402
-from cupscale.priors.attention_prior import capture_bytes  # noqa: E402
+from cupscale.priors.attention_prior import capture_bytes, capture_size  # noqa: E402
 from cupscale.tiling.grid import region_grid  # noqa: E402
 from harness import tiny_models  # noqa: E402
 from harness.unet_layouts import meta_unet  # noqa: E402
@@ -77,7 +79,7 @@ def timed(key, fn):
     return run
 
 
-def tiny_model(kind, low, variant):
+def tiny_model(kind, low, variant, capture_size=0):
     """Tiled tiny model: ``alone`` (the chosen layers' cross-attention timed as it is), ``prior`` or ``composer``."""
     model = node("TiledBlendedDiffusion").execute(tiny_models.tiny_model(kind), TILE, TILE, OVERLAP, 4)[0]
     if variant == "alone":
@@ -86,7 +88,7 @@ def tiny_model(kind, low, variant):
             model.set_model_attn2_replace(timed("attn2", router.host_attention), layer.block, layer.number, layer.index)
         return model
     model = node("RegionalAttentionPrior").execute(model, {"samples": low}, tiny_models.conditioning(kind, 1), *DEFAULT,
-                                                 0.0, 1.0)[0]
+                                                 0.0, 1.0, capture_size)[0]
     if variant == "composer":
         model = node("AttentionComposer").execute(model, tiny_models.tiny_clip(), 0.5, text="a wall")[0]
     return model
@@ -94,7 +96,7 @@ def tiny_model(kind, low, variant):
 
 def tiny_run(kind, model, low, work_hw, seed=0):
     """One tiled sampling run: CPU seconds in all, in the capture passes, and in the chosen layers' cross-attention
-    of the tile passes; and the bytes of the last capture."""
+    of the tile passes; the bytes of the last capture; the sampled latent."""
     latent = torch.nn.functional.interpolate(low, size=work_hw, mode="bilinear")
     TIMES.update(capture=0.0, attn2=0.0)
     seen = {"bytes": 0}
@@ -113,12 +115,12 @@ def tiny_run(kind, model, low, work_hw, seed=0):
     try:
         noise = comfy.sample.prepare_noise(latent, seed)
         start = time.process_time()
-        comfy.sample.sample(model, noise, STEPS, 5.0, "euler", "normal", tiny_models.conditioning(kind, 1),
-                            tiny_models.conditioning(kind, 2), latent, denoise=0.6, disable_pbar=True, seed=seed)
+        out = comfy.sample.sample(model, noise, STEPS, 5.0, "euler", "normal", tiny_models.conditioning(kind, 1),
+                                  tiny_models.conditioning(kind, 2), latent, denoise=0.6, disable_pbar=True, seed=seed)
         total = time.process_time() - start
     finally:
         runs.AttentionPrior.capture, router.AttentionRouter.__call__ = capture, call
-    return {"total": total, **TIMES, "bytes": seen["bytes"]}
+    return {"total": total, **TIMES, "bytes": seen["bytes"], "out": out}
 
 
 def low_latent(hw, seed=0):
@@ -166,7 +168,29 @@ def cost_table(repeats=5):
                   f"{100 * tokens:.1f}% |")
 
 
+def bounded_capture_table():
+    print(f"\nBounded capture (capture_size) against a full capture of the low-res latent. Tiny models, euler {STEPS} "
+          f"steps, CFG, a 32x48 low-res latent (256x384 px) refined at 64x96, {TILE} px tiles. Output change: the "
+          f"relative L2 distance of the sampled latent from the full capture's; the prior's own effect: the full "
+          f"capture's distance from tiles alone.")
+    print("| model | capture_size | captured latent | maps + values | capture CPU s | output change | "
+          "prior's own effect |")
+    print("|---|---|---|---|---|---|---|")
+    low, work_hw = low_latent((32, 48)), (64, 96)
+    for kind in ("sd15", "sdxl"):
+        alone = tiny_run(kind, tiny_model(kind, low, "alone"), low, work_hw)["out"]
+        full = tiny_run(kind, tiny_model(kind, low, "prior", 512), low, work_hw)
+        effect = float((full["out"] - alone).norm() / alone.norm())
+        for size in (512, 256, 192, 128):
+            run = full if size == 512 else tiny_run(kind, tiny_model(kind, low, "prior", size), low, work_hw)
+            cells = capture_size((32, 48), (size // 8) ** 2)
+            change = float((run["out"] - full["out"]).norm() / full["out"].norm())
+            print(f"| tiny {kind} | {size} px | {cells[1]}x{cells[0]} | {run['bytes'] / 2 ** 10:.0f} KiB | "
+                  f"{run['capture']:.2f} | {100 * change:.2f}% | {100 * effect:.2f}% |")
+
+
 if __name__ == "__main__":
     memory_table()
     measured_memory_table()
     cost_table()
+    bounded_capture_table()

@@ -17,7 +17,7 @@ import torch
 import comfy.sampler_helpers
 import comfy.samplers
 
-from ..cupscale.priors.attention_prior import CapturedAttention
+from ..cupscale.priors.attention_prior import CapturedAttention, capture_latent
 from ..cupscale.priors.composer import ComposerRun, ComposerSettings
 from ..cupscale.priors.structure import check_same_aspect
 from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
@@ -30,8 +30,10 @@ TILES_NAME = "TiledBlendedDiffusion's tiles (one region when the latent is not t
 
 @dataclass
 class PriorRun:
-    """One sampling run of the prior: the low-res latent's noise and prompt, and the capture of the latest step."""
+    """One sampling run of the prior: the latent and noise the capture pass runs on (the low-res ones, bounded
+    to the capture size), its prompt, and the capture of the latest step."""
 
+    low: torch.Tensor
     noise: torch.Tensor
     seed: int
     model_kwargs: dict | None = None
@@ -61,8 +63,10 @@ def capture_model_kwargs(model, conditioning: list, low: torch.Tensor, noise: to
 class AttentionPrior:
     """The prior's wrappers: a PriorRun per sampling run, and the capture pass once per σ in the step range."""
 
-    def __init__(self, low: torch.Tensor, conditioning: list, layers: list[Layer], start: float, end: float):
+    def __init__(self, low: torch.Tensor, conditioning: list, layers: list[Layer], start: float, end: float,
+                 max_cells: int):
         self.low = low
+        self.max_cells = max_cells
         self.conditioning = conditioning
         self.layers = layers
         self.start, self.end = start, end
@@ -74,7 +78,7 @@ class AttentionPrior:
                              f"give RegionalAttentionPrior one low-res latent, or one per image of the batch.")
         check_same_aspect(tuple(low.shape[-2:]), tuple(noise.shape[-2:]), "low_res_latent", "RegionalAttentionPrior")
         seed = 0 if seed is None else seed
-        run = PriorRun(noise=low_res_noise(noise, low, seed), seed=seed)
+        run = PriorRun(*capture_latent(low, low_res_noise(noise, low, seed), self.max_cells), seed=seed)
         executor.class_obj.model_options.setdefault("transformer_options", {})[PRIOR_KEY] = run
         _, callback = run_clock(executor.class_obj.model_options, sigmas, callback)
         return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
@@ -101,7 +105,7 @@ class AttentionPrior:
 
     def capture(self, run: PriorRun, model, like: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> dict:
         """One UNet pass on z_L noised to σ with the global prompt, cond only; the routers record (RAP)."""
-        low = self.low.to(like)
+        low = run.low.to(like)
         noise = run.noise.to(like)
         if run.model_kwargs is None:
             run.model_kwargs = capture_model_kwargs(model, self.conditioning, low, noise, run.seed)

@@ -16,10 +16,15 @@ from ..cupscale.priors.composer import ComposerSettings, RegionTexts, from_regio
 from ..cupscale.schedule import check_percent_range
 from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
 from .attention_runs import AttentionPrior, Composer
-from .inputs import percent_range_inputs, widget_names
+from .inputs import advanced, percent_range_inputs, widget_names
+from .tiled_diffusion import latent_ratio
 from .unet_layers import BLOCKS, RESOLUTIONS, select_layers
 
 WrappersMP = comfy.patcher_extension.WrappersMP
+
+
+# The training resolution of each family, told apart by its cross-attention width: SD1.x, SD2.x, SDXL.
+NATIVE_SIDE = {768: 512, 1024: 768, 2048: 1024}
 
 
 def check_context(what: str, channels: int, router: AttentionRouter, fix: str) -> None:
@@ -64,13 +69,17 @@ class RegionalAttentionPrior(io.ComfyNode):
                                        "capture)."),
                 *percent_range_inputs("First step with the prior, as a fraction of the steps.",
                                       "Steps from here on attend to their prompt themselves."),
+                advanced(io.Int.Input("capture_size", default=0, min=0, max=16384, step=8, optional=True,
+                                      tooltip="Largest capture, as the side of a square in pixels: a larger low-res "
+                                              "image is captured at this area (same aspect) and its maps read "
+                                              "per tile. 0: the model's native size (1024 SDXL, 512 SD1.5).")),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, low_res_latent, global_conditioning, blocks, resolutions, start_percent,
-                end_percent) -> io.NodeOutput:
+                end_percent, capture_size=0) -> io.NodeOutput:
         layers = select_layers(model, blocks, resolutions)
         samples = low_res_latent["samples"]
         check_low_res_latent(samples, model.model.latent_format.latent_channels)
@@ -82,8 +91,12 @@ class RegionalAttentionPrior(io.ComfyNode):
         layer_routers = [AttentionRouter(layer, module) for layer, module in layers]
         check_context("global_conditioning", global_conditioning[0][0].shape[-1], layer_routers[0],
                       "encode the global prompt with this checkpoint's CLIP.")
+        if capture_size < 0 or capture_size % 8:
+            raise ValueError(f"capture_size = {capture_size}: 0 (the model's native size) or a multiple of 8 pixels.")
+        side = capture_size or NATIVE_SIDE.get(layer_routers[0].attn2.to_k.in_features, 1024)
         prior = AttentionPrior(model.model.latent_format.process_in(samples.float()), global_conditioning,
-                               [layer for layer, _ in layers], start_percent, end_percent)
+                               [layer for layer, _ in layers], start_percent, end_percent,
+                               (side // latent_ratio(model)) ** 2)
         patched = model.clone()
         for router in layer_routers:
             patched.set_model_attn2_replace(router, router.layer.block, router.layer.number, router.layer.index)

@@ -16,10 +16,6 @@ TILE, OVERLAP = 192, 32
 GRID = region_grid(H, W, TILE // 8, TILE // 8, OVERLAP // 8)
 
 
-
-
-
-
 def as_tuple(box):
     return box.top, box.left, box.height, box.width
 
@@ -157,6 +153,33 @@ def test_each_tile_reads_the_maps_at_its_own_box_on_its_token_grid(tiny, nodes_,
     assert {read[1] for read in spy["reads"]} == {as_tuple(b) for b in GRID.boxes}
     assert {read[2:] for read in spy["reads"]} == {((H, W), (12, 12))}  # 24-cell tiles, layers at 1/2
     assert {tuple(c.maps.shape[-2:]) for c in spy["captured"][0].values()} == {(10, 15)}
+
+
+def test_capture_size_bounds_the_maps_and_the_pass_however_large_the_low_res_latent(host, tiny, nodes_, spy):
+    """A low-res latent over capture_size is captured at that area (same aspect): the maps, and the UNet pass
+    that makes them, no longer grow with it, and the tiles still read them over the whole image."""
+    model = tiny.tiny_model("sd15")
+    pos, neg = nodes_.encode(GLOBAL), nodes_.encode(NEGATIVE)
+    prior = host.NODE_CLASS_MAPPINGS["RegionalAttentionPrior"]()
+    sizes = {}
+    for low_hw in ((16, 24), (32, 48)):
+        spy["captured"].clear()
+        patched = prior.execute(nodes_.tiled(model), {"samples": smooth_latent(*low_hw)}, pos, "all", "all", 0.0, 1.0,
+                                128)[0]  # 128 px: at most 16 x 16 latent cells
+        sample(patched, smooth_latent(H, W), pos, neg, steps=1)
+        maps = spy["captured"][0]
+        sizes[low_hw] = {tuple(c.maps.shape[-2:]) for c in maps.values()}, sum(c.nbytes for c in maps.values())
+    assert sizes[(16, 24)] == sizes[(32, 48)]  # the same capture for 4x the low-res area
+    assert max(h * w for h, w in sizes[(32, 48)][0]) <= 16 * 16
+    assert {read[1] for read in spy["reads"]} == {as_tuple(b) for b in GRID.boxes}
+
+
+def test_capture_size_keeps_the_aspect_in_whole_cells():
+    from cupscale.priors.attention_prior import capture_size
+    assert capture_size((64, 64), 128 * 128) == (64, 64)  # within the native area: untouched
+    assert capture_size((256, 256), 128 * 128) == (128, 128)
+    assert capture_size((256, 384), 128 * 128) == (104, 152)  # 2:3 within 128², multiples of 8
+    assert capture_size((512, 16), 64) == (40, 8)  # the narrow side never below one multiple, the aspect kept
 
 
 @pytest.mark.parametrize("sampler, steps, start, captured_steps", [("heun", 3, 0.0, None), ("euler", 4, 0.5, 2)])

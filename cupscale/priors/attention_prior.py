@@ -140,3 +140,27 @@ def capture_bytes(layers: list[tuple[int, int, int]], prompt_tokens: int, elemen
                   batch: int = 1) -> int:
     """Memory of the captured maps and values of ``layers``, each given as (heads, dim_head, low-res tokens)."""
     return sum(batch * heads * prompt_tokens * (tokens + d) * element_size for heads, d, tokens in layers)
+
+
+def capture_size(hw: tuple[int, int], max_cells: int, multiple: int = 8) -> tuple[int, int]:
+    """The latent size the capture pass runs at: the low-res latent's own, or, when its area passes
+    ``max_cells`` (the model's native size), the largest size of its aspect within that area, in whole
+    ``multiple``s of cells (the UNet's down-sampling). The maps are read in normalised coordinates
+    (:func:`sampling_grid`), so a coarser capture covers the same image, while its memory and the pass's cost
+    stay those of one native evaluation however large the low-res image is."""
+    h, w = hw
+    if h * w <= max_cells:
+        return h, w
+    scale = (max_cells / (h * w)) ** 0.5
+    return tuple(max(multiple, int(side * scale) // multiple * multiple) for side in (h, w))
+
+
+def capture_latent(low: torch.Tensor, noise: torch.Tensor, max_cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The low-res latent and its noise at :func:`capture_size`. Both are area-averaged when they must shrink,
+    the noise scaled back to unit variance (averaging k cells divides it by √k), so the capture sees the same
+    picture under the same noise at the same σ, only coarser."""
+    size = capture_size(tuple(low.shape[-2:]), max_cells)
+    if size == tuple(low.shape[-2:]):
+        return low, noise
+    ratio = (low.shape[-2] * low.shape[-1] / (size[0] * size[1])) ** 0.5
+    return F.interpolate(low, size=size, mode="area"), F.interpolate(noise, size=size, mode="area") * ratio
