@@ -65,6 +65,19 @@ def memory_table():
                   f"{tile / 2 ** 20:.1f} MiB |")
 
 
+def stage_memory_table():
+    print("\nCaptured maps + values of a x2 stage's prior by output size, SDXL, default layers, fp16, 77 tokens "
+          "(from the layer shapes): the low-res image is the stage's input, half the output's side")
+    print("| output | low-res image | full capture (before capture_size) | capture_size 0 (1024 px, the default) |")
+    print("|---|---|---|---|")
+    unet = meta_unet("SDXL")
+    for out in (2048, 4096, 8192, 16384):
+        low = (out // 2 // 8, out // 2 // 8)
+        full, bounded = (capture_bytes(layer_shapes(unet, hw, *DEFAULT), 77, element_size=2) / 2 ** 20
+                         for hw in (low, capture_size(low, 128 * 128)))
+        print(f"| {out}² | {out // 2}² | {full:,.0f} MiB | {bounded:,.0f} MiB |")
+
+
 TIMES = {"capture": 0.0, "attn2": 0.0}
 
 
@@ -191,6 +204,7 @@ def bounded_capture_table():
 
 if __name__ == "__main__":
     memory_table()
+    stage_memory_table()
     measured_memory_table()
     cost_table()
     bounded_capture_table()
