@@ -42,14 +42,6 @@ def model_folder_path(kind: str, name: str) -> Path | None:
                 None)
 
 
-def in_choices(value: str, choices: list[str]) -> bool | str:
-    """A dropdown's value checked against its choices, for a node's ``validate_inputs``: this host checks
-    only old-style dropdowns itself, and a model file that is not there must stop the prompt before it runs."""
-    if value in choices:
-        return True
-    return f"{value!r} not in " + (f"(list of length {len(choices)})" if len(choices) > 20 else str(choices))
-
-
 def progress_reporter():
     """A ``report(done, total)`` callback for the core: moves the node's progress bar and stops
     the work at once when the user cancels."""

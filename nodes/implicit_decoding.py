@@ -15,7 +15,8 @@ from comfy_api.latest import io
 
 from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
-from .host_services import in_choices, progress_reporter, register_model_folder
+from .host_services import progress_reporter, register_model_folder
+from .inputs import combos_valid
 
 LIIF_FOLDER = "liif"
 DECODER_FOLDER = "implicit_decoders"
@@ -62,8 +63,8 @@ class ImplicitUpscaleModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name) -> bool | str:
-        return in_choices(model_name, folder_paths.get_filename_list(LIIF_FOLDER))
+    def validate_inputs(cls, model_name=None) -> bool | str:
+        return combos_valid(cls, model_name=model_name)
 
     @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
@@ -121,8 +122,8 @@ class ImplicitDecoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, decoder_name) -> bool | str:
-        return in_choices(decoder_name, folder_paths.get_filename_list(DECODER_FOLDER))
+    def validate_inputs(cls, decoder_name=None) -> bool | str:
+        return combos_valid(cls, decoder_name=decoder_name)
 
     @classmethod
     def execute(cls, decoder_name) -> io.NodeOutput:

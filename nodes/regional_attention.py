@@ -16,7 +16,7 @@ from ..cupscale.priors.composer import ComposerSettings, RegionTexts, from_regio
 from ..cupscale.schedule import check_percent_range
 from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
 from .attention_runs import AttentionPrior, Composer
-from .inputs import percent_range_inputs, widget_names
+from .inputs import combos_valid, percent_range_inputs, widget_names
 from .unet_layers import BLOCKS, RESOLUTIONS, select_layers
 
 WrappersMP = comfy.patcher_extension.WrappersMP
@@ -67,6 +67,10 @@ class RegionalAttentionPrior(io.ComfyNode):
             ],
             outputs=[io.Model.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, blocks=None, resolutions=None) -> bool | str:
+        return combos_valid(cls, blocks=blocks, resolutions=resolutions)
 
     @classmethod
     def execute(cls, model, low_res_latent, global_conditioning, blocks, resolutions, start_percent,

@@ -15,7 +15,7 @@ from comfy_api.latest import io
 from ..cupscale.priors.structure import DECAY_SHAPES, reference_at, reference_for_batch, step_weight, upscale_factor, working_band
 from ..cupscale.schedule import check_percent_range, schedule_progress
 from ..cupscale.tiling.lowpass import align_low_frequencies, lowpass
-from .inputs import percent_range_inputs, widget_names
+from .inputs import combos_valid, percent_range_inputs, widget_names
 
 
 class StructureGuide:
@@ -101,6 +101,10 @@ class LowFreqStructureGuide(io.ComfyNode):
             ],
             outputs=[io.Model.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, lowpass=None, decay=None) -> bool | str:
+        return combos_valid(cls, lowpass=lowpass, decay=decay)
 
     @classmethod
     def execute(cls, model, reference, strength, lowpass, sigma, cutoff, start_percent, end_percent,

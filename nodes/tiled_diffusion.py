@@ -19,6 +19,7 @@ import comfy.patcher_extension
 import comfy.utils
 from comfy_api.latest import io
 
+from ..cupscale.lru import LRU, env_limit
 from ..cupscale.schedule import step_index
 from ..cupscale.tiling import blended
 from ..cupscale.tiling.grid import RegionGrid, check_tile_settings, region_grid
@@ -29,6 +30,8 @@ from .inputs import tile_inputs, widget_names
 TILES_KEY = "cupscale_tiles"
 RUN_KEY = "cupscale_tiled_run"
 WRAPPER_KEY = "cupscale.tiled_diffusion"
+GRIDS_VAR = "CUPSCALE_TILE_GRIDS"
+"""Latent sizes whose grid and feather weights a patched model keeps (default 8)."""
 WrappersMP = comfy.patcher_extension.WrappersMP
 
 
@@ -69,18 +72,19 @@ class TiledDiffusion:
         self.tiles_per_batch = tiles_per_batch
         self.mask = mask
         self.lowpass_sigma = lowpass_sigma
-        self.grids: dict[tuple[int, int], tuple[RegionGrid, torch.Tensor]] = {}
+        self.grids: LRU[tuple[RegionGrid, torch.Tensor]] = LRU("tile grids", env_limit(GRIDS_VAR, 8))
 
     def grid(self, hw: tuple[int, int], like: torch.Tensor | None = None) -> tuple[RegionGrid, torch.Tensor]:
         """The grid for a latent of ``hw`` and its feather weights, kept on ``like``'s device and dtype
         once moved there, so no step copies them again."""
-        if hw not in self.grids:
+        found = self.grids.get(hw)
+        if found is None:
             grid = region_grid(hw[0], hw[1], self.tile_height, self.tile_width, self.overlap)
-            self.grids[hw] = (grid, tile_weights(grid))
-        grid, weights = self.grids[hw]
+            found = self.grids.put(hw, (grid, tile_weights(grid)))
+        grid, weights = found
         if like is not None and (weights.device, weights.dtype) != (like.device, like.dtype):
-            self.grids[hw] = grid, weights.to(like)
-        return self.grids[hw]
+            found = self.grids.put(hw, (grid, weights.to(like)))
+        return found
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
         guider = executor.class_obj
