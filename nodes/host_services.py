@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
+import torch
+
 import comfy.model_management
 import comfy.utils
 import folder_paths
@@ -40,6 +43,14 @@ def model_folder_path(kind: str, name: str) -> Path | None:
         return None
     return next((Path(root) / name for root in folder_paths.get_folder_paths(kind) if (Path(root) / name).is_dir()),
                 None)
+
+
+def free_bytes(device) -> int:
+    """Memory free for a new tensor on ``device``: the system's available RAM for the CPU (ComfyUI's own
+    figure adds swap-free pages the kernel may not give), the torch allocator's free memory otherwise."""
+    if torch.device(device).type == "cpu":
+        return psutil.virtual_memory().available
+    return comfy.model_management.get_free_memory(device)
 
 
 def progress_reporter():

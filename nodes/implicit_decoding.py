@@ -15,8 +15,9 @@ from comfy_api.latest import io
 
 from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
-from .host_services import progress_reporter, register_model_folder
-from .inputs import combos_valid
+from ..cupscale.guards import check_finite, check_fits
+from .host_services import free_bytes, progress_reporter, register_model_folder
+from .inputs import combos_valid, widget_names
 
 LIIF_FOLDER = "liif"
 DECODER_FOLDER = "implicit_decoders"
@@ -34,6 +35,12 @@ def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tu
     """Render on ComfyUI's device into a buffer on its intermediate device, with a progress bar
     over the query chunks of every tile and a check for the user's cancel between them."""
     device = comfy.model_management.get_torch_device()
+    buffer_device = comfy.model_management.intermediate_device()
+    with widget_names(batch="batch"):
+        check_fits(x.shape[0] * out_hw[0] * out_hw[1] * model.head.out_dim * 4, free_bytes(buffer_device),
+                   f"The {out_hw[1]}x{out_hw[0]} output of {x.shape[0]} image(s) (float32)",
+                   "lower the output size (scale_by, width, height) or split the {batch} into smaller ones.",
+                   batch="batch")
     out = torch.empty((x.shape[0], *out_hw, model.head.out_dim), dtype=torch.float32,
                       device=comfy.model_management.intermediate_device())
     needed = comfy.model_management.module_size(model) + liif.working_bytes(model, x, tile)
@@ -101,6 +108,8 @@ class ImplicitUpscale(io.ComfyNode):
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"image has shape {tuple(image.shape)}; LIIF models take RGB images (B, H, W, 3): "
                              f"drop the alpha channel or convert to RGB first.")
+        with widget_names(f="image"):
+            check_finite(image, "f")
         out_hw = liif.output_size(tuple(image.shape[1:3]), scale_by, width, height)
         return io.NodeOutput(run_on_device(implicit_model, liif.to_signed(image), out_hw, tile_size))
 
@@ -159,6 +168,8 @@ class ImplicitLatentDecode(io.ComfyNode):
             raise ValueError(f"samples has shape {tuple(latent.shape)}, but the decoder takes {channels}-channel "
                              f"image latents (B, {channels}, h, w): it is an {decoder.info.describe()}. Use the "
                              f"decoder trained for this model's VAE.")
+        with widget_names(f="samples"):
+            check_finite(latent, "f")
         out_hw = liif.output_size(tuple(latent.shape[-2:]), 1.0, width, height)
         return io.NodeOutput(run_on_device(decoder.model, latent, out_hw, tile_size))
 

@@ -16,6 +16,7 @@ from ..cupscale.priors.composer import ComposerSettings, RegionTexts, from_regio
 from ..cupscale.schedule import check_percent_range
 from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
 from .attention_runs import AttentionPrior, Composer
+from ..cupscale.guards import check_finite
 from .inputs import combos_valid, percent_range_inputs, widget_names
 from .unet_layers import BLOCKS, RESOLUTIONS, select_layers
 
@@ -33,6 +34,8 @@ def check_low_res_latent(samples, channels: int) -> None:
     if samples.ndim != 4 or samples.numel() == 0 or samples.shape[1] != channels:
         raise ValueError(f"low_res_latent has shape {tuple(samples.shape)}: RegionalAttentionPrior needs an image "
                          f"latent with this model's {channels} channels, e.g. VAE Encode of the low-res image.")
+    with widget_names(f="low_res_latent"):
+        check_finite(samples, "f")
 
 
 class RegionalAttentionPrior(io.ComfyNode):

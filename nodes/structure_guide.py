@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from ..cupscale.priors.structure import DECAY_SHAPES, reference_at, reference_for_batch, step_weight, upscale_factor, working_band
 from ..cupscale.schedule import check_percent_range, schedule_progress
 from ..cupscale.tiling.lowpass import align_low_frequencies, lowpass
+from ..cupscale.guards import check_finite
 from .inputs import combos_valid, percent_range_inputs, widget_names
 
 
@@ -64,6 +65,8 @@ def check_reference(samples: torch.Tensor, channels: int) -> None:
     if samples.shape[1] != channels:
         raise ValueError(f"reference has {samples.shape[1]} channels but the model's latents have {channels}: "
                          f"encode the low-resolution image with this model's VAE.")
+    with widget_names(f="reference"):
+        check_finite(samples, "f")
 
 
 class LowFreqStructureGuide(io.ComfyNode):

@@ -19,6 +19,7 @@ import comfy.patcher_extension
 import comfy.utils
 from comfy_api.latest import io
 
+from ..cupscale.guards import check_finite
 from ..cupscale.lru import LRU, env_limit
 from ..cupscale.schedule import step_index
 from ..cupscale.tiling import blended
@@ -90,6 +91,8 @@ class TiledDiffusion:
         guider = executor.class_obj
         model = guider.model_patcher.model
         hw = tuple(noise.shape[-2:])
+        with widget_names(f="latent_image"):
+            check_finite(latent_image, "f", "the latent the sampler was given")
         steps, tiles = max(1, sigmas.shape[-1] - 1), len(self.grid(hw)[0])
         # Like the sampler's own ProgressBar (latent_preview.prepare_callback), this reports to the UI and to
         # progress hooks whatever disable_pbar says: that flag is for the console's tqdm bars.
@@ -184,6 +187,9 @@ class TiledBlendedDiffusion(io.ComfyNode):
                 background_lowpass=0.0) -> io.NodeOutput:
         with widget_names():
             check_tile_settings(tile_width, tile_height, overlap)
+        if mask is not None:
+            with widget_names(f="mask"):
+                check_finite(mask, "f", "TiledBlendedDiffusion's mask")
         if tiles_per_batch < 1:
             raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be at least 1.")
         if background_lowpass < 0:
