@@ -7,6 +7,8 @@ The maths is in ``cupscale.liif.model``; checkpoint layouts and their checks in 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 import comfy.model_management
@@ -15,6 +17,7 @@ from comfy_api.latest import io
 
 from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
+from ..cupscale.checkpoints import CheckpointError
 from ..cupscale.guards import check_finite, check_fits
 from .host_services import free_bytes, progress_reporter, register_model_folder
 from .inputs import combos_valid, widget_names
@@ -55,6 +58,15 @@ def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tu
     return liif.to_image_(out)
 
 
+@contextmanager
+def named_file(widget: str, name: str):
+    """A file that cannot be used, as the ValueError of the input that chose it."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise ValueError(f"{widget} = {name!r}: {e}") from None
+
+
 class ImplicitUpscaleModelLoader(io.ComfyNode):
     """A LIIF checkpoint (official layout) from models/liif."""
 
@@ -75,7 +87,8 @@ class ImplicitUpscaleModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
-        return io.NodeOutput(load_liif(folder_paths.get_full_path_or_raise(LIIF_FOLDER, model_name)))
+        with named_file("model_name", model_name):
+            return io.NodeOutput(load_liif(folder_paths.get_full_path_or_raise(LIIF_FOLDER, model_name)))
 
 
 class ImplicitUpscale(io.ComfyNode):
@@ -136,7 +149,9 @@ class ImplicitDecoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, decoder_name) -> io.NodeOutput:
-        return io.NodeOutput(load_implicit_decoder(folder_paths.get_full_path_or_raise(DECODER_FOLDER, decoder_name)))
+        with named_file("decoder_name", decoder_name):
+            return io.NodeOutput(load_implicit_decoder(folder_paths.get_full_path_or_raise(DECODER_FOLDER,
+                                                                                          decoder_name)))
 
 
 class ImplicitLatentDecode(io.ComfyNode):
