@@ -85,6 +85,9 @@ def text(name: str, default: str, tooltip: str) -> io.String.Input:
 class MLLMRegionCaptioner(io.ComfyNode):
     """IMAGE -> REGION_PROMPTS over the same tiles as TiledBlendedDiffusion, plus XPSR's descriptions."""
 
+    COMBOS_AT_RUN = ("backend", "region_prompts", "on_region_failure", "device", "dtype", "after_use")
+    """Dropdowns checked when the run starts (:meth:`caption`); validate_inputs names local_model alone."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
