@@ -187,7 +187,8 @@ class MLLMRegionCaptioner(io.ComfyNode):
             grid = image_grid(image.shape[1], image.shape[2], tile_height, tile_width, overlap)
             if region_prompts_json.strip():
                 prompts = from_json(region_prompts_json)
-                prompts.check_grid(grid, f"this node's image ({image.shape[2]}x{image.shape[1]}) and tile settings")
+                prompts.check_grid(grid, f"this node's image ({image.shape[2]}x{image.shape[1]}) and tile settings",
+                                   "the region prompts JSON in region_prompts_json")
                 return prompts, to_json(prompts), prompts.high_level, prompts.low_level
 
             local = chosen("backend", backend, BACKENDS) == BACKENDS[0]

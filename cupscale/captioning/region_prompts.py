@@ -42,13 +42,14 @@ class RegionPrompts:
             raise ValueError(f"{len(self.prompts)} region prompts for a grid of {len(self.grid)} regions "
                              f"({self.grid.describe()}); give exactly one prompt per region.")
 
-    def check_grid(self, tiles: RegionGrid, tiles_name: str) -> None:
+    def check_grid(self, tiles: RegionGrid, tiles_name: str,
+                   name: str = "the region prompts (MLLMRegionCaptioner)") -> None:
         """Raise a clear error unless these prompts were made for exactly the grid of ``tiles``.
 
         Downstream nodes call this with the grid they tile the latent with, e.g.
         ``region_prompts.check_grid(grid, "TiledBlendedDiffusion's tiles")``.
         """
-        check_same_grid(tiles, self.grid, "the region prompts (MLLMRegionCaptioner)", tiles_name)
+        check_same_grid(tiles, self.grid, name, tiles_name)
 
 
 def pixel_box(box) -> dict[str, int]:
