@@ -43,7 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-LIMITS = {"CUPSCALE_CAPTION_CACHE_ENTRIES": "24", "CUPSCALE_GRID_CACHE_ENTRIES": "64", "CUPSCALE_TILE_GRIDS": "2"}
+LIMITS = {"CUPSCALE_CAPTION_CACHE_ENTRIES": "24", "CUPSCALE_GRID_CACHE_ENTRIES": "64", "CUPSCALE_TILE_GRIDS": "2",
+          "CUPSCALE_COMPOSER_KEYS_MB": "1"}
 """Small cache limits, so a soak of a few hundred runs reaches them."""
 SIZES = [(48, 32), (32, 32), (64, 32)]
 CUPSCALE_SAVE, XPSR_SAVE, MSBD_SAVE = "27", "16", "46"
