@@ -41,7 +41,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+for path in (ROOT, ROOT / "tests"):  # appended: the host's own top-level modules (nodes, ...) come first
+    if str(path) not in sys.path:
+        sys.path.append(str(path))
 
 LIMITS = {"CUPSCALE_CAPTION_CACHE_ENTRIES": "24", "CUPSCALE_GRID_CACHE_ENTRIES": "64", "CUPSCALE_TILE_GRIDS": "2",
           "CUPSCALE_COMPOSER_KEYS_MB": "1"}
