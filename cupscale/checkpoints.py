@@ -28,10 +28,9 @@ def load_torch_file(path: Path):
 
 
 def refused_global(error: pickle.UnpicklingError) -> bool:
-    """torch's weights-only unpickler met a class or function (code it would have run); its wording differs
-    between versions ("Unsupported global", "unsupported GLOBAL ... is blocked")."""
-    text = str(error).lower()
-    return "unsupported global" in text or "weights only load failed" in text
+    """torch's weights-only unpickler met a class or function (code it would have run), not damaged data; its
+    wording differs between versions ("Unsupported global: ...", "Trying to load unsupported GLOBAL ...")."""
+    return "unsupported global" in str(error).lower()
 
 
 def unreadable(error: Exception, path: Path, describe_as: str = "") -> CheckpointError:
