@@ -29,3 +29,26 @@ def check_percent_range(start: float, end: float, fix: str = "") -> None:
     if not 0 <= start < end <= 1:
         raise InputError(f"{{start}} = {start}, {{end}} = {end}: the range must satisfy 0 <= {{start}} < {{end}} <= 1"
                          + (f" ({fix})" if fix else "") + ".", start="start", end="end")
+
+
+class StepClock:
+    """Where a sampling run is, known on the host: the sampler's step callback moves it.
+
+    Reading the step off an evaluation's σ (``step_index``) needs σ's value, and on a GPU that value lives on
+    the device: one host–device sync per evaluation, per prior. The sampler already tells the host once per step
+    ``i``, right after the step's first evaluation (at σ_i). Evaluations before that report see ``step == i``;
+    one after it (Heun's at σ_{i+1}) sees ``i + 1``, the step that σ_{i+1} begins, as ``step_index`` says too.
+    """
+
+    def __init__(self, steps: int):
+        self.steps = max(1, steps)
+        self.step = 0
+
+    def tick(self, i: int, total: int) -> None:
+        """The sampler finished step ``i`` of ``total`` (RePaint counts its revisits in both)."""
+        self.step, self.steps = i + 1, max(1, total)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the run done during the current step: i / steps, as ``schedule_progress`` gives."""
+        return min(self.step, self.steps) / self.steps

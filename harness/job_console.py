@@ -32,10 +32,18 @@ class HostLog(logging.Handler):
         if found:
             self.failed_imports.append(found.group(1))
 
-    def install(self) -> None:
+    def __enter__(self) -> "HostLog":
         root = logging.getLogger()
+        self.saved = root.handlers[:], root.level
         root.handlers[:] = [self]
         root.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        root = logging.getLogger()
+        root.handlers[:], level = self.saved
+        root.setLevel(level)
+        self.file.close()
 
     def summary(self) -> str | None:
         if not self.failed_imports:
@@ -51,8 +59,21 @@ class JobProgress:
     def __init__(self, prompt: dict):
         self.stages = [k for k, v in prompt.items() if v["class_type"] in SAMPLERS]
         self.done: list[str] = []
-        self.bar = tqdm(total=max(len(self.stages), 1), file=sys.stderr, dynamic_ncols=True, desc="upscaling",
+        self.bar = tqdm(total=max(len(self.stages), 1), file=sys.stderr, dynamic_ncols=True, desc="upscaling: ",
                         bar_format="{desc}{percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+
+    def __enter__(self) -> "JobProgress":
+        import comfy.utils
+        self.saved = comfy.utils.PROGRESS_BAR_ENABLED, comfy.utils.PROGRESS_BAR_HOOK
+        comfy.utils.set_progress_bar_enabled(False)  # the samplers' own console bars
+        comfy.utils.set_progress_bar_global_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import comfy.utils
+        comfy.utils.set_progress_bar_enabled(self.saved[0])
+        comfy.utils.set_progress_bar_global_hook(self.saved[1])
+        self.bar.close()
 
     def hook(self, value, total, preview=None, node_id=None) -> None:
         from comfy_execution.utils import get_executing_context
@@ -66,6 +87,3 @@ class JobProgress:
         self.bar.n = stage + min(value / total, 1.0)
         self.bar.set_description(f"stage {stage + 1}/{len(self.stages)}, {value}/{total} steps x tiles", refresh=False)
         self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()

@@ -76,10 +76,11 @@ def seeded_fill(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def tiny_model(kind: str = "sd15", seed: int = 0) -> comfy.model_patcher.ModelPatcher:
-    """A MODEL as CheckpointLoader gives it: BaseModel (or SDXL) in a ModelPatcher."""
+def tiny_model(kind: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
+    """A MODEL as CheckpointLoader gives it: BaseModel (or SDXL) in a ModelPatcher, running in ``dtype``
+    (the same weights, rounded, for bfloat16 or float16)."""
     config = {"sd15": TinySD15, "sdxl": TinySDXL}[kind](dict(UNET[kind]))
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device="cpu")
     seeded_fill(model.diffusion_model, seed)
     device = comfy.model_management.get_torch_device()

@@ -356,3 +356,21 @@ app.registerExtension({
     }
   }
 })
+
+// Widgets the pack declares `advanced` (rarely changed: instructions, device, endpoint retries, ...) stay
+// hidden until "Show Advanced" in the node's menu. This frontend copies the flag into widget.options but
+// only hides widgets whose own `advanced` is set; they are saved and sent as before.
+app.registerExtension({
+  name: 'cupscale.advanced',
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!String(nodeData.category ?? '').startsWith('cupscale')) return
+    const onNodeCreated = nodeType.prototype.onNodeCreated
+    nodeType.prototype.onNodeCreated = function () {
+      const r = onNodeCreated?.apply(this, arguments)
+      const marked = (this.widgets ?? []).filter((w) => w.options?.advanced)
+      for (const w of marked) w.advanced = true
+      if (marked.length) this.setSize([this.size[0], this.computeSize()[1]])
+      return r
+    }
+  }
+})

@@ -2,7 +2,7 @@
 prior's capture pass.
 
 - The prior's OUTER_SAMPLE wrapper puts a PriorRun in transformer_options; its CALC_COND_BATCH wrapper, once
-  per distinct σ in the step range, runs the UNet on the low-res latent noised to σ with the global prompt
+  per step in the step range (at the step's first σ; the step is the run's StepClock, known on the host), runs the UNet on the low-res latent noised to σ with the global prompt
   (cond only) through ``model._apply_model``: that skips APPLY_MODEL wrappers, so TiledBlendedDiffusion does
   not tile the capture. The routers see the capture key and record the layers' (RAP).
 - The composer's OUTER_SAMPLE wrapper puts a ComposerRun there. At w = 0 the maps would go unused, so no
@@ -20,8 +20,8 @@ import comfy.samplers
 from ..cupscale.priors.attention_prior import CapturedAttention
 from ..cupscale.priors.composer import ComposerRun, ComposerSettings
 from ..cupscale.priors.structure import check_same_aspect
-from ..cupscale.schedule import schedule_progress
 from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
+from .step_clock import clock_of, run_clock
 from .tiled_diffusion import TILES_KEY
 from .unet_layers import Layer
 
@@ -30,12 +30,12 @@ TILES_NAME = "TiledBlendedDiffusion's tiles (one region when the latent is not t
 
 @dataclass
 class PriorRun:
-    """One sampling run of the prior: the low-res latent's noise and prompt, and the capture at the latest σ."""
+    """One sampling run of the prior: the low-res latent's noise and prompt, and the capture of the latest step."""
 
     noise: torch.Tensor
     seed: int
     model_kwargs: dict | None = None
-    sigma: float | None = None
+    step: int | None = None
     maps: dict[tuple, CapturedAttention] = field(default_factory=dict)
 
 
@@ -76,6 +76,7 @@ class AttentionPrior:
         seed = 0 if seed is None else seed
         run = PriorRun(noise=low_res_noise(noise, low, seed), seed=seed)
         executor.class_obj.model_options.setdefault("transformer_options", {})[PRIOR_KEY] = run
+        _, callback = run_clock(executor.class_obj.model_options, sigmas, callback)
         return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 
     def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
@@ -85,18 +86,18 @@ class AttentionPrior:
         return executor(model, conds, x_in, timestep, model_options)
 
     def update(self, run: PriorRun, model, x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict) -> None:
-        """Capture at this σ unless already done; outside the step range, hold no maps."""
-        sigma = float(timestep.max())
-        sigmas = model_options["transformer_options"].get("sample_sigmas")
-        progress = 0.0 if sigmas is None else schedule_progress(sigmas, sigma)
+        """Capture at the step's first σ unless already done; outside the step range, hold no maps. Nothing here
+        reads a value back from the device: the step is the clock's."""
+        clock = clock_of(model_options)
+        step, progress = (0, 0.0) if clock is None else (clock.step, clock.progress)
         composer: ComposerRun | None = model_options["transformer_options"].get(COMPOSER_KEY)
         unused = composer is not None and composer.settings.weight <= 0  # region prompts only: skip the pass
         if unused or not self.start <= progress < self.end:
-            run.sigma, run.maps = None, {}
-        elif run.sigma != sigma:
+            run.step, run.maps = None, {}
+        elif run.step != step:
             run.maps = {}  # free the previous capture first: at 4K the maps are the prior's main memory
             run.maps = self.capture(run, model, x_in, timestep[:1], model_options)
-            run.sigma = sigma
+            run.step = step
 
     def capture(self, run: PriorRun, model, like: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> dict:
         """One UNet pass on z_L noised to σ with the global prompt, cond only; the routers record (RAP)."""

@@ -25,7 +25,7 @@ from ..cupscale.captioning.region_prompts import TYPE_NAME, from_json, to_json
 from ..cupscale.captioning.regions import image_grid, to_uint8_rgb
 from ..cupscale.tiling.grid import check_tile_settings
 from .host_services import model_folder_path, model_folders, progress_reporter, register_model_folder
-from .inputs import check_combos, combos_valid, tile_inputs, widget_names
+from .inputs import advanced, check_combos, combos_valid, tile_inputs, widget_names
 
 LLM_FOLDER = "LLM"
 BACKENDS = ("local model", "endpoint")
@@ -124,32 +124,36 @@ class MLLMRegionCaptioner(io.ComfyNode):
                                        "give it the global prompt with a warning."),
                 text("global_prompt", "", "The prompt for the whole image (e.g. the one it was made with). Empty: "
                                           "the model's high-level description of the whole image."),
-                io.String.Input("prefix", default="", optional=True, tooltip="Put before every region's caption."),
-                io.String.Input("suffix", default="", optional=True, tooltip="Put after every region's caption."),
-                text("description_instruction", DESCRIPTION, "Asked about each region for its description."),
-                text("tags_instruction", DEGRADATION_TAGS, "Asked about each region for its tags."),
-                text("high_level_instruction", XPSR_HIGH_LEVEL, "XPSR's high-level instruction (Sec. 3.3)."),
-                text("low_level_instruction", XPSR_LOW_LEVEL, "XPSR's low-level instruction (Sec. 3.3)."),
+                advanced(io.String.Input("prefix", default="", optional=True,
+                                         tooltip="Put before every region's caption.")),
+                advanced(io.String.Input("suffix", default="", optional=True,
+                                         tooltip="Put after every region's caption.")),
+                advanced(text("description_instruction", DESCRIPTION,
+                              "Asked about each region for its description.")),
+                advanced(text("tags_instruction", DEGRADATION_TAGS, "Asked about each region for its tags.")),
+                advanced(text("high_level_instruction", XPSR_HIGH_LEVEL,
+                              "XPSR's high-level instruction (Sec. 3.3).")),
+                advanced(text("low_level_instruction", XPSR_LOW_LEVEL, "XPSR's low-level instruction (Sec. 3.3).")),
                 text("region_prompts_json", "", "Edited region prompts JSON (this node's second output). When not "
                                                 "empty it is used instead of captioning."),
-                io.Combo.Input("device", options=["auto", "cpu"], optional=True,
-                               tooltip="auto: ComfyUI's device (the GPU if there is one)."),
-                io.Combo.Input("dtype", options=["auto", *DTYPES], optional=True,
-                               tooltip="auto: half precision on a GPU, float32 on the CPU."),
-                io.Int.Input("batch_size", default=4, min=1, max=64, optional=True,
-                             tooltip="Regions per call of a local model."),
-                io.Combo.Input("after_use", options=list(AFTER_USE), optional=True,
-                               tooltip="Free the local model when done, or keep it in CPU memory so the next run "
-                                       "loads faster."),
-                io.String.Input("hf_repo_id", default="", optional=True,
-                                tooltip="Instead of local_model: a Hugging Face repo id, looked up in "
-                                        "models/LLM/.hf_cache."),
-                io.Boolean.Input("allow_download", default=False, optional=True,
-                                 tooltip="Let hf_repo_id download the model when it is not cached yet."),
-                io.Float.Input("timeout_s", default=120.0, min=1.0, max=3600.0, optional=True,
-                               tooltip="Seconds to wait for each endpoint reply."),
-                io.Int.Input("retries", default=2, min=0, max=10, optional=True,
-                             tooltip="Endpoint retries after a timeout or server error."),
+                advanced(io.Combo.Input("device", options=["auto", "cpu"], optional=True,
+                                        tooltip="auto: ComfyUI's device (the GPU if there is one).")),
+                advanced(io.Combo.Input("dtype", options=["auto", *DTYPES], optional=True,
+                                        tooltip="auto: half precision on a GPU, float32 on the CPU.")),
+                advanced(io.Int.Input("batch_size", default=4, min=1, max=64, optional=True,
+                                      tooltip="Regions per call of a local model.")),
+                advanced(io.Combo.Input("after_use", options=list(AFTER_USE), optional=True,
+                                        tooltip="Free the local model when done, or keep it in CPU memory so the "
+                                                "next run loads faster.")),
+                advanced(io.String.Input("hf_repo_id", default="", optional=True,
+                                         tooltip="Instead of local_model: a Hugging Face repo id, looked up in "
+                                                 "models/LLM/.hf_cache.")),
+                advanced(io.Boolean.Input("allow_download", default=False, optional=True,
+                                          tooltip="Let hf_repo_id download the model when it is not cached yet.")),
+                advanced(io.Float.Input("timeout_s", default=120.0, min=1.0, max=3600.0, optional=True,
+                                        tooltip="Seconds to wait for each endpoint reply.")),
+                advanced(io.Int.Input("retries", default=2, min=0, max=10, optional=True,
+                                      tooltip="Endpoint retries after a timeout or server error.")),
             ],
             outputs=[io.Custom(TYPE_NAME).Output(display_name="region_prompts"),
                      io.String.Output(display_name="region_prompts_json"),

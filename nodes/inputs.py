@@ -19,6 +19,13 @@ def tile_inputs(what: str, note: str, default: int = 1024) -> list[io.Input]:
     ]
 
 
+def advanced(widget: io.Input) -> io.Input:
+    """A widget most users never change: hidden until "Show Advanced" in the node's menu (js/cupscale.js
+    marks it for the frontend), still saved and sent like any other."""
+    widget.extra_dict["advanced"] = True
+    return widget
+
+
 def percent_range_inputs(first: str, after: str, step: float = 0.01) -> list[io.Input]:
     """start_percent / end_percent: a range of the sampler's steps, as fractions."""
     return [

@@ -12,11 +12,13 @@ import torch
 import comfy.patcher_extension
 from comfy_api.latest import io
 
-from ..cupscale.priors.structure import DECAY_SHAPES, reference_at, reference_for_batch, step_weight, upscale_factor, working_band
-from ..cupscale.schedule import check_percent_range, schedule_progress
+from ..cupscale.priors.structure import (DECAY_SHAPES, reference_at, reference_for_batch, step_weight, upscale_factor,
+                                         working_band)
+from ..cupscale.schedule import check_percent_range
 from ..cupscale.tiling.lowpass import align_low_frequencies, lowpass
 from ..cupscale.guards import check_finite
 from .inputs import combos_valid, percent_range_inputs, widget_names
+from .step_clock import clock_of, run_clock
 
 
 class StructureGuide:
@@ -41,9 +43,9 @@ class StructureGuide:
 
     def __call__(self, args: dict) -> torch.Tensor:
         denoised = args["denoised"]
-        sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
-        # Called outside a sampler run (no schedule), the evaluation counts as the first step.
-        progress = 0.0 if sigmas is None else schedule_progress(sigmas, float(args["sigma"].max()))
+        clock = clock_of(args["model_options"])
+        # Called outside a sampler run (no clock), the evaluation counts as the first step.
+        progress = 0.0 if clock is None else clock.progress
         weight = step_weight(progress, self.strength, self.start, self.end, self.decay)
         if weight == 0:
             return denoised
@@ -52,6 +54,7 @@ class StructureGuide:
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
         self.reference_low(noise)
+        _, callback = run_clock(executor.class_obj.model_options, sigmas, callback)
         return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 
 

@@ -9,7 +9,6 @@ Three wrappers on a clone of the model (core: cupscale.tiling.multidiffusion.run
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -21,12 +20,14 @@ from comfy_api.latest import io
 
 from ..cupscale.guards import check_finite
 from ..cupscale.lru import LRU, env_limit
-from ..cupscale.schedule import step_index
+from ..cupscale.schedule import StepClock
 from ..cupscale.tiling import blended
 from ..cupscale.tiling.grid import RegionGrid, check_tile_settings, region_grid
-from ..cupscale.tiling.multidiffusion import TileBatch, repeat_per_tile, run_tiles, tile_value, tile_weights
+from ..cupscale.tiling.multidiffusion import (TileBatch, auto_batch_size, repeat_per_tile, run_tiles, tile_value,
+                                              tile_weights)
 from .control_tiling import ControlRequest, TiledHints, defer_controls
 from .inputs import tile_inputs, widget_names
+from .step_clock import run_clock
 
 TILES_KEY = "cupscale_tiles"
 RUN_KEY = "cupscale_tiled_run"
@@ -41,27 +42,30 @@ def latent_ratio(model_patcher) -> int:
     return getattr(model_patcher.model.latent_format, "spacial_downscale_ratio", 8)
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` for the model's activations, as the host counts them."""
+    return comfy.model_management.get_free_memory(device)
+
+
 @dataclass
 class TiledRun:
     """What one sampling run needs beyond the model call: blending inputs, hints, progress."""
 
-    steps: int
+    clock: StepClock
     tiles: int
     progress: comfy.utils.ProgressBar
     source: torch.Tensor | None = None
     noise: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     hints: TiledHints = field(default_factory=TiledHints)
+    batch_sizes: dict[tuple, int] = field(default_factory=dict)
 
-    def report(self, transformer_options: dict, done: int, total: int) -> None:
-        """Tile-level progress on the same scale as the sampler's own step bar (steps x tiles)."""
-        sigmas = transformer_options.get("sample_sigmas")
-        sigma = transformer_options.get("sigmas")
-        if sigmas is None or sigma is None:
-            return
-        value = step_index(sigmas, float(sigma.max())) * self.tiles + round(done * self.tiles / total)
+    def report(self, done: int, total: int) -> None:
+        """Tile-level progress on the same scale as the sampler's own step bar (steps x tiles); the step is the
+        clock's, on the host, so reporting never waits for the device."""
+        value = self.clock.step * self.tiles + round(done * self.tiles / total)
         # Never backwards: a resampler (RePaint) revisits noise levels it has passed.
-        self.progress.update_absolute(max(value, self.progress.current), self.steps * self.tiles)
+        self.progress.update_absolute(max(value, self.progress.current), self.clock.steps * self.tiles)
 
 
 class TiledDiffusion:
@@ -93,10 +97,11 @@ class TiledDiffusion:
         hw = tuple(noise.shape[-2:])
         with widget_names(f="latent_image"):
             check_finite(latent_image, "f", "the latent the sampler was given")
-        steps, tiles = max(1, sigmas.shape[-1] - 1), len(self.grid(hw)[0])
+        clock, callback = run_clock(guider.model_options, sigmas, callback)
+        tiles = len(self.grid(hw)[0])
         # Like the sampler's own ProgressBar (latent_preview.prepare_callback), this reports to the UI and to
         # progress hooks whatever disable_pbar says: that flag is for the console's tqdm bars.
-        run = TiledRun(steps, tiles, comfy.utils.ProgressBar(steps * tiles))
+        run = TiledRun(clock, tiles, comfy.utils.ProgressBar(clock.steps * tiles))
         if self.mask is not None:
             with widget_names(mask="TiledBlendedDiffusion's mask"):
                 run.mask = blended.mask_at_latent(self.mask, hw, latent_ratio(guider.model_patcher))
@@ -143,9 +148,25 @@ class TiledDiffusion:
             c_cat, c_cross = tile_cond.pop("c_concat"), tile_cond.pop("c_crossattn")
             return executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
 
-        report = None if run is None else functools.partial(run.report, transformer_options)
-        return run_tiles(x, grid, weights, self.tiles_per_batch, evaluate, chunks=chunks,
+        report = None if run is None else run.report
+        batch_size = self.batch_size(executor.class_obj, x, grid, chunks, run)
+        return run_tiles(x, grid, weights, batch_size, evaluate, chunks=chunks,
                          tiles=self.tiles_to_run(grid, run), report=report)
+
+    def batch_size(self, model, x: torch.Tensor, grid: RegionGrid, chunks: int, run: TiledRun | None) -> int:
+        """tiles_per_batch, or for 0 (auto) the most tiles whose model memory fits in the device's free memory,
+        by the model's own estimate (BaseModel.memory_required); chosen once per run and latent shape."""
+        if self.tiles_per_batch > 0:
+            return self.tiles_per_batch
+        key = tuple(x.shape)
+        if run is not None and key in run.batch_sizes:
+            return run.batch_sizes[key]
+        free = free_memory(x.device)
+        shape = [x.shape[0], x.shape[1], grid.tile_height, grid.tile_width]
+        size = auto_batch_size(len(grid), free, lambda k: model.memory_required([shape[0] * k, *shape[1:]]))
+        if run is not None:
+            run.batch_sizes[key] = size
+        return size
 
     def tiles_to_run(self, grid: RegionGrid, run: TiledRun | None) -> list[int] | None:
         """Every tile (None), except under a hard-pinned mask only those it touches."""
@@ -171,8 +192,9 @@ class TiledBlendedDiffusion(io.ComfyNode):
             inputs=[
                 io.Model.Input("model"),
                 *tile_inputs("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
-                io.Int.Input("tiles_per_batch", default=4, min=1, max=256,
-                             tooltip="Tiles evaluated together in one model call."),
+                io.Int.Input("tiles_per_batch", default=0, min=0, max=256,
+                             tooltip="Tiles evaluated together in one model call; 0 = automatic: as many as the "
+                                     "free memory holds by the model's own estimate."),
                 io.Mask.Input("mask", optional=True,
                               tooltip="Where to generate; outside it the sampled latent is kept. Same size as the image."),
                 io.Float.Input("background_lowpass", default=0.0, min=0.0, max=64.0, step=0.5, optional=True,
@@ -190,8 +212,8 @@ class TiledBlendedDiffusion(io.ComfyNode):
         if mask is not None:
             with widget_names(f="mask"):
                 check_finite(mask, "f", "TiledBlendedDiffusion's mask")
-        if tiles_per_batch < 1:
-            raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be at least 1.")
+        if tiles_per_batch < 0:
+            raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be 0 (automatic) or a number of tiles.")
         if background_lowpass < 0:
             raise ValueError(f"background_lowpass = {background_lowpass} must be 0 (off) or a positive sigma.")
         ratio = latent_ratio(model)

@@ -220,7 +220,8 @@ REGION_PANEL_HEIGHT = {"TiledBlendedDiffusion": 224, "MLLMRegionCaptioner": 224}
 
 def _height(n_sockets: int, n_outputs: int, slots: list[WidgetSlot], specs: dict[str, InputSpec]) -> int:
     """About the height litegraph's computeSize gives (20 px a slot row, 24 a widget); big for text
-    boxes and for the image preview of an upload node."""
+    boxes and for the image preview of an upload node. Advanced widgets are hidden (js/cupscale.js)."""
+    slots = [s for s in slots if not specs[s.input].options.get("advanced")]
     height = max(n_sockets, n_outputs, 1) * 20 + len(slots) * 24 + 10
     height += sum(80 for s in slots if s.sent and specs[s.input].options.get("multiline"))
     return height + (250 if any(s.kind == "upload" for s in slots) else 0)

@@ -38,15 +38,17 @@ def main(argv=None) -> int:
         p.error(f"--image {args.image}: no such file")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    log = HostLog(args.output.with_suffix(".comfyui.log"))
-    log.install()
+    with HostLog(args.output.with_suffix(".comfyui.log")) as log:
+        return upscale(args, p.error, log)
+
+
+def upscale(args, error, log: HostLog) -> int:
+    """The job itself, with the host's log going to ``log``."""
     import torch
     comfy_host.boot(cpu=args.cpu or not torch.cuda.is_available())
     if log.summary():
         print(log.summary(), file=sys.stderr)
-    import comfy.utils
     import folder_paths
-    comfy.utils.set_progress_bar_enabled(False)  # the samplers' own bars; JobProgress draws one for the job
 
     prompt = workflows.load(args.workflow)
     if args.tiny_models:
@@ -56,8 +58,8 @@ def main(argv=None) -> int:
     for k in workflows.nodes_of(prompt, "CheckpointLoaderSimple"):
         name = prompt[k]["inputs"]["ckpt_name"]
         if folder_paths.get_full_path("checkpoints", name) is None:
-            p.error(f"checkpoint {name!r} is not in {folder_paths.get_folder_paths('checkpoints')}: put it there, "
-                    f"pass --checkpoint NAME, or --tiny-models to check the pipeline without weights")
+            error(f"checkpoint {name!r} is not in {folder_paths.get_folder_paths('checkpoints')}: put it there, "
+                  f"pass --checkpoint NAME, or --tiny-models to check the pipeline without weights")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder_paths.set_input_directory(str(Path(tmp) / "input"))
@@ -66,12 +68,8 @@ def main(argv=None) -> int:
         shutil.copy(args.image, Path(tmp, "input", "input" + args.image.suffix.lower()))
         prompt = workflows.with_overrides(workflows.with_image(prompt, "input" + args.image.suffix.lower()), args.set)
         start = time.perf_counter()
-        progress = JobProgress(prompt)
-        comfy.utils.set_progress_bar_global_hook(progress.hook)
-        try:
+        with JobProgress(prompt):
             history = comfy_host.run_prompt(prompt)
-        finally:
-            progress.close()
         images = [img for out in history["outputs"].values() for img in out.get("images", [])
                   if img.get("type") == "output"]
         if not images:
@@ -88,7 +86,6 @@ def main(argv=None) -> int:
         peak += f", peak VRAM {torch.cuda.max_memory_allocated() / 2 ** 30:.2f} GiB"
     print(f"wrote {args.output} ({size}) in {time.perf_counter() - start:.1f} s, {peak}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

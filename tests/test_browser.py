@@ -230,6 +230,24 @@ def test_every_listed_template_opens_with_every_node_known(page, server, screens
         keep(png, PACK_DIR / "docs" / f"workflow_{name}.png", width=1200)
 
 
+def test_rarely_changed_widgets_hide_until_show_advanced_and_are_still_saved(page):
+    ui = json.loads((TEMPLATES / "caption_regions.json").read_text())
+    captioner = load_workflow(page, ui)["MLLMRegionCaptioner"]
+    state = page.evaluate(f"""(id) => {{
+        const node = {APP}.graph.getNodeById(id)
+        const visible = () => node.widgets.filter((w) => node.isWidgetVisible(w)).map((w) => w.name)
+        const before = visible()
+        node.toggleAdvanced()
+        return {{before, after: visible(), saved: node.serialize().widgets_values}}
+    }}""", captioner)
+    assert "device" not in state["before"] and "description_instruction" not in state["before"]
+    assert {"backend", "local_model", "tile_width", "region_prompts_json"} <= set(state["before"])
+    assert len(state["before"]) <= 16 and set(state["before"]) < set(state["after"])
+    assert {"device", "retries", "description_instruction"} <= set(state["after"])
+    saved = next(n for n in ui["nodes"] if n["type"] == "MLLMRegionCaptioner")["widgets_values"]
+    assert state["saved"] == saved
+
+
 def test_each_stage_of_the_blended_edit_shows_the_size_it_samples(page):
     """Multi-stage edit of the 72x40 input: stages at 1/2, 3/4 and full size, cut to whole latent cells."""
     load_workflow(page, "edit_multistage_blended.json")

@@ -258,7 +258,7 @@ def test_progress_counts_tiles_times_steps_and_interrupt_stops_within_a_step(hos
     ({"tile_height": 100}, "tile_height = 100"),
     ({"overlap": 12}, "overlap = 12"),
     ({"overlap": 256, "tile_width": 256}, "smaller than the tile"),
-    ({"tiles_per_batch": 0}, "tiles_per_batch = 0"),
+    ({"tiles_per_batch": -1}, "tiles_per_batch = -1"),
 ])
 def test_bad_tiling_inputs_name_the_input(tiny, host, kwargs, needle):
     node = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]()

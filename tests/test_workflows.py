@@ -1,10 +1,15 @@
 """The shipped workflow runs through ComfyUI's executor in-process and through a real server."""
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 from PIL import Image
 
 from harness import workflows
+from harness.comfy_host import PACK_DIR
 
 # Small enough for the CPU: a 32 px input, 2 steps a stage, tiles that still split the latent.
 FAST = ["8.steps=2", "12.steps=2", "4.tile_width=64", "4.tile_height=64", "4.overlap=16",
@@ -51,6 +56,21 @@ def test_main_job_script_writes_the_upscaled_image(host, tmp_path):
     assert run_workflow.main(args) == 0
     with Image.open(tmp_path / "hr.png") as im:
         assert im.size == (128, 128)
+
+
+def test_main_job_console_is_one_bar_and_a_last_line_without_tracebacks(tmp_path):
+    """As a person runs it: a fresh process, the host's noise (optional nodes that fail to import) in a log
+    file beside the output, and a last line with the output's size, the time and the peak memory."""
+    Image.new("RGB", (32, 32), (10, 200, 90)).save(tmp_path / "lr.png")
+    args = [sys.executable, str(PACK_DIR / "scripts" / "run_workflow.py"), "--image", str(tmp_path / "lr.png"),
+            "--output", str(tmp_path / "out" / "hr.png"), "--tiny-models"]
+    for item in FAST:
+        args += ["--set", item]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in console and "WARNING" not in console, console
+    assert re.fullmatch(r"wrote \S+hr\.png \(128x128\) in [\d.]+ s, peak RSS [\d.]+ GiB", done.stdout.strip())
+    assert "stage 2/2" in done.stderr and (tmp_path / "out" / "hr.comfyui.log").stat().st_size > 0
 
 
 @pytest.mark.server

@@ -92,19 +92,21 @@ GRID_CACHE_VAR = "CUPSCALE_GRID_CACHE_ENTRIES"
 
 # A few grids per run (tiles x layer resolutions), read at every step; bounded, as sizes change between runs.
 @functools.lru_cache(maxsize=env_limit(GRID_CACHE_VAR, 1024))
-def sampling_grid(box: Box, working_hw: tuple[int, int], target_hw: tuple[int, int]) -> torch.Tensor:
+def sampling_grid(box: Box, working_hw: tuple[int, int], target_hw: tuple[int, int],
+                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Where the ``target_hw`` tokens of a tile at ``box`` lie on any map of the whole latent.
 
     Token (i, j) of the tile, at its centre, lies at working cell (top + (i + ½)·height/th, left + (j + ½)·
     width/tw). In grid_sample's normalised coordinates (align_corners=False: -1 and 1 are the map's outer
     edges) that point is 2·cell/size - 1 on a map of any resolution covering the latent. Returns (th, tw, 2)
-    as (x, y) pairs, the order grid_sample reads; shared between calls, so never written to.
+    as (x, y) pairs, the order grid_sample reads; shared between calls, so never written to. Kept on
+    ``device``: a copy from the host at every read would wait for the device each time.
     """
     (H, W), (th, tw) = working_hw, target_hw
     ys = box.top + (torch.arange(th, dtype=torch.float64) + 0.5) * box.height / th
     xs = box.left + (torch.arange(tw, dtype=torch.float64) + 0.5) * box.width / tw
     gy, gx = torch.meshgrid(2 * ys / H - 1, 2 * xs / W - 1, indexing="ij")
-    return torch.stack([gx, gy], dim=-1).float()
+    return torch.stack([gx, gy], dim=-1).float().to(device)
 
 
 def region_prior(maps: torch.Tensor, box: Box, working_hw: tuple[int, int],
@@ -118,7 +120,7 @@ def region_prior(maps: torch.Tensor, box: Box, working_hw: tuple[int, int],
     if (h, w) == tuple(target_hw) and (box.height, box.width) == tuple(working_hw):
         sampled = maps.float()  # the tile is the whole latent at the capture's own token grid
     else:
-        grid = sampling_grid(box, working_hw, target_hw).to(maps.device)
+        grid = sampling_grid(box, working_hw, target_hw, maps.device)
         sampled = F.grid_sample(maps.float().reshape(1, heads * l, h, w), grid[None], mode="bilinear",
                                 padding_mode="border", align_corners=False)
     return sampled.reshape(heads, l, -1).transpose(1, 2)
@@ -135,7 +137,8 @@ def prior_attention(captured: CapturedAttention, where: ItemRegions, tokens_hw: 
             probs[(region, source)] = region_prior(captured.maps[source], grid.boxes[region], (grid.height, grid.width),
                                                    tokens_hw)
     stacked = torch.stack([probs[pair] for pair in zip(where.regions, sources)])
-    return attend_with(stacked, captured.values[sources])
+    values = torch.stack([captured.values[s] for s in sources])  # views: a list index would copy it to the device
+    return attend_with(stacked, values)
 
 
 def capture_bytes(layers: list[tuple[int, int, int]], prompt_tokens: int, element_size: int = 2,

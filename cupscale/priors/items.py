@@ -42,14 +42,27 @@ def item_regions(tiles: TileBatch | None, items: Sequence[int], per_chunk: int,
 def on_cond_items(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: Sequence[int], attend: Attend,
                   cond_attention: Callable[..., torch.Tensor]) -> torch.Tensor:
     """Attention with the cond items (label 0) through ``cond_attention(items, q, k, v)`` and the others through
-    ``attend``; ``labels`` names the batch's chunks in order (the host's cond_or_uncond)."""
+    ``attend``; ``labels`` names the batch's chunks in order (the host's cond_or_uncond).
+
+    Chunks are contiguous, so both groups are gathered by slices: indexing by a list of items would build an
+    index tensor on the host and copy it to the device at every call of every layer.
+    """
     per_chunk = q.shape[0] // len(labels)
-    cond = [i for i in range(q.shape[0]) if labels[i // per_chunk] == 0]
+    chunks = [slice(c * per_chunk, (c + 1) * per_chunk) for c in range(len(labels))]
+    cond = [c for c, label in enumerate(labels) if label == 0]
     if not cond:
         return attend(q, k, v)
-    uncond = [i for i in range(q.shape[0]) if labels[i // per_chunk] != 0]
-    out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+    uncond = [c for c, label in enumerate(labels) if label != 0]
+
+    def gather(t: torch.Tensor, group: list[int]) -> torch.Tensor:
+        return t[chunks[group[0]]] if len(group) == 1 else torch.cat([t[chunks[c]] for c in group])
+
+    items = [i for c in cond for i in range(chunks[c].start, chunks[c].stop)]
+    parts = {}
+    for c, out in zip(cond, cond_attention(items, gather(q, cond), gather(k, cond), gather(v, cond)).split(per_chunk)):
+        parts[c] = out
     if uncond:
-        out[uncond] = attend(q[uncond], k[uncond], v[uncond])
-    out[cond] = cond_attention(cond, q[cond], k[cond], v[cond]).to(out.dtype)
-    return out
+        for c, out in zip(uncond, attend(gather(q, uncond), gather(k, uncond), gather(v, uncond)).split(per_chunk)):
+            parts[c] = out
+    dtype = parts[uncond[0]].dtype if uncond else q.dtype
+    return torch.cat([parts[c].to(dtype) for c in range(len(labels))])

@@ -1,24 +1,38 @@
 """Low/high-frequency split of latents (C-Upscale Global Structure Prior; MSBD low-passed background).
 
-Two filters, both measurable: a Gaussian blur (kornia) whose ``sigma`` is in latent cells, and an
-ideal FFT low-pass whose ``cutoff`` is a fraction of the Nyquist frequency.
+Two filters, both measurable: a Gaussian blur whose ``sigma`` is in latent cells, and an ideal FFT
+low-pass whose ``cutoff`` is a fraction of the Nyquist frequency. Both run every sampler step, so neither
+reads anything back from the device (kornia's blur checks its sigma on the host at every call).
 """
 from __future__ import annotations
 
+import functools
 import math
 
-import kornia
 import torch
+import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=64)  # one per (sigma, size, device) of a run, reused at every step
+def gaussian_kernel(sigma: float, radius: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The normalised 1D Gaussian exp(-x²/2σ²) on the taps -radius..radius, float32, kept on ``device``."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    return (kernel / kernel.sum()).float().to(device)
 
 
 def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur over the last two dims; ``sigma`` in latent cells, reflect-padded borders."""
+    """Gaussian blur over the last two dims; ``sigma`` in latent cells, reflect-padded borders, in float32
+    (separable: rows, then columns)."""
     if sigma <= 0 or min(x.shape[-2:]) < 2:
         return x
     radius = min(max(1, math.ceil(3 * sigma)), min(x.shape[-2:]) - 1)
-    k = 2 * radius + 1
-    out = kornia.filters.gaussian_blur2d(x.float(), (k, k), (sigma, sigma), border_type="reflect")
-    return out.to(x.dtype)
+    kernel = gaussian_kernel(float(sigma), radius, x.device)
+    shape = x.shape
+    flat = x.float().reshape(-1, 1, *shape[-2:])
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    return flat.reshape(shape).to(x.dtype)
 
 
 def fft_lowpass(x: torch.Tensor, cutoff: float) -> torch.Tensor:

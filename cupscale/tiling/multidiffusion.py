@@ -143,3 +143,19 @@ def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_si
         if report is not None:
             report(start + len(batch.indices), len(tiles))
     return merger.result(fallback=x)
+
+
+def auto_batch_size(tiles: int, free_bytes: float, required_bytes: Callable[[int], float]) -> int:
+    """The largest number of tiles per model call whose memory, ``required_bytes(k)`` (the model's own estimate
+    for a batch of ``k`` tiles), fits in ``free_bytes``; 1 when even one tile does not fit (then the host's own
+    offloading has to make room, as it would untiled), never more than ``tiles``.
+
+    Tiles cost the same, so a larger batch only saves per-call overhead; the estimate grows with ``k``, so
+    the search stops at the first batch that does not fit.
+    """
+    best = 1
+    for k in range(2, tiles + 1):
+        if required_bytes(k) > free_bytes:
+            break
+        best = k
+    return best
