@@ -398,6 +398,12 @@ def guide(**inputs) -> dict:
         "cutoff": 0.5, "start_percent": 0.0, "end_percent": 1.0, "decay": "constant", **inputs}}
 
 
+def prior(**inputs) -> dict:
+    return {"class_type": "RegionalAttentionPrior", "inputs": {
+        "model": ["ld", 0], "low_res_latent": ["nan", 0], "global_conditioning": ["txt", 0], "blocks": "all",
+        "resolutions": "1/2 and coarser", "start_percent": 0.0, "end_percent": 1.0, **inputs}}
+
+
 NAN = float("nan")
 
 
@@ -445,8 +451,8 @@ def hostile_cases(endpoints: dict[str, Endpoint]) -> list[tuple[str, dict, str, 
          ["value"]),
         ("latent with NaN (structure guide's reference)", sampling_graph(guide(reference=["nan", 0]), extra=nan_latent),
          "patch", ["reference", "NaN"]),
-        ("latent with NaN (sampled under TiledBlendedDiffusion)",
-         sampling_graph(tiled(), latent=["nan", 0], extra=nan_latent), "ks", ["latent_image", "NaN"]),
+        ("latent with NaN (RegionalAttentionPrior's low_res_latent)", sampling_graph(prior(), extra=nan_latent),
+         "patch", ["low_res_latent", "NaN"]),
         ("scale to 64 x 16384² (LIIF, 206 GB)", huge, "up", ["GiB", "free", "batch"]),
         ("checkpoint truncated", liif_graph("truncated.pth"), "ld", ["model_name", "truncated.pth", "damaged or incomplete"]),
         ("checkpoint of non-tensors", liif_graph("not_tensors.pth"), "ld", ["model_name", "not_tensors.pth"]),

@@ -95,8 +95,6 @@ class TiledDiffusion:
         guider = executor.class_obj
         model = guider.model_patcher.model
         hw = tuple(noise.shape[-2:])
-        with widget_names(f="latent_image"):
-            check_finite(latent_image, "f", "the latent the sampler was given")
         clock, callback = run_clock(guider.model_options, sigmas, callback)
         tiles = len(self.grid(hw)[0])
         # Like the sampler's own ProgressBar (latent_preview.prepare_callback), this reports to the UI and to
