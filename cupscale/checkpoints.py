@@ -27,10 +27,16 @@ def load_torch_file(path: Path):
         return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+def refused_global(error: pickle.UnpicklingError) -> bool:
+    """torch's weights-only unpickler met a class or function (code it would have run), not damaged data; its
+    wording differs between versions ("Unsupported global: ...", "Trying to load unsupported GLOBAL ...")."""
+    return "unsupported global" in str(error).lower()
+
+
 def unreadable(error: Exception, path: Path, describe_as: str = "") -> CheckpointError:
     """Why a file could not be read: unsafe objects, or damage. ``describe_as`` names the input."""
     prefix = f"{describe_as}: " if describe_as else ""
-    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+    if isinstance(error, pickle.UnpicklingError) and refused_global(error):
         return CheckpointError(f"{prefix}{path.name} holds Python objects beyond tensors, which are not loaded "
                                f"for safety (weights_only=True). Use a .safetensors file, or re-save the state dict "
                                f"with torch.save.")

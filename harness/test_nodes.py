@@ -43,3 +43,61 @@ class Capture:
 
 
 NODE_CLASS_MAPPINGS = {"CupscaleTinyCheckpointLoader": TinyCheckpointLoader, "CupscaleCapture": Capture}
+
+
+def pack_module(suffix: str):
+    """A module of the pack as the host loaded it (under its custom_nodes name), by its dotted tail."""
+    import sys
+    return next(m for name, m in list(sys.modules.items()) if name.endswith(suffix) and "cupscale_test" not in name)
+
+
+def model_state(model) -> dict:
+    """What a MODEL carries beyond its weights: wrappers, attention replacements, post-CFG functions, and any
+    other transformer_options key (run state left behind would show here)."""
+    options = model.model_options.get("transformer_options", {})
+    wrappers = {kind: sorted(keys) for kind, keys in options.get("wrappers", {}).items() if keys}
+    return {"wrappers": wrappers, "attn2_replaced": len(options.get("patches_replace", {}).get("attn2", {})),
+            "post_cfg": len(model.model_options.get("sampler_post_cfg_function", [])),
+            "keys": sorted(k for k in options if k not in ("wrappers", "patches_replace", "patches"))}
+
+
+class StateReport:
+    """Output node: the server's resident memory, the pack's cache sizes and limits, and the state of the MODELs
+    given (the shared, unpatched one and a patched clone), as JSON in the history's ``text``."""
+
+    CATEGORY = "cupscale/testing"
+    FUNCTION = "report"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"tag": ("STRING", {"default": ""}),
+                             "clear_caption_cache": ("BOOLEAN", {"default": False})},
+                "optional": {"shared": ("MODEL",), "patched": ("MODEL",)}}
+
+    @classmethod
+    def IS_CHANGED(cls, **kwargs):
+        return float("nan")  # always runs: a report of now
+
+    def report(self, tag, clear_caption_cache=False, shared=None, patched=None):
+        import gc
+        import json
+
+        import psutil
+        gc.collect()
+        caption = pack_module(".cupscale.captioning.cache").CACHE
+        if clear_caption_cache:  # the next run asks the VLM again: an interrupt can then fall in captioning
+            caption.clear()
+        grids = pack_module(".cupscale.priors.attention_prior").sampling_grid.cache_info()
+        peaks = pack_module(".cupscale.lru").PEAKS
+        doc = {"tag": tag, "rss": psutil.Process().memory_info().rss,
+               "caches": {"caption cache": {"entries": len(caption), "max_entries": caption.max_entries},
+                          "sampling grids": {"entries": grids.currsize, "max_entries": grids.maxsize},
+                          "peaks": peaks},
+               "shared": model_state(shared) if shared is not None else None,
+               "patched": model_state(patched) if patched is not None else None}
+        return {"ui": {"text": [json.dumps(doc)]}}
+
+
+NODE_CLASS_MAPPINGS["CupscaleStateReport"] = StateReport

@@ -24,8 +24,8 @@ from ..cupscale.captioning.instructions import (DEGRADATION_TAGS, DESCRIPTION, X
 from ..cupscale.captioning.region_prompts import TYPE_NAME, from_json, to_json
 from ..cupscale.captioning.regions import image_grid, to_uint8_rgb
 from ..cupscale.tiling.grid import check_tile_settings
-from .host_services import in_choices, model_folder_path, model_folders, progress_reporter, register_model_folder
-from .inputs import advanced, tile_inputs, widget_names
+from .host_services import model_folder_path, model_folders, progress_reporter, register_model_folder
+from .inputs import advanced, check_combos, combos_valid, tile_inputs, widget_names
 
 LLM_FOLDER = "LLM"
 BACKENDS = ("local model", "endpoint")
@@ -84,6 +84,9 @@ def text(name: str, default: str, tooltip: str) -> io.String.Input:
 
 class MLLMRegionCaptioner(io.ComfyNode):
     """IMAGE -> REGION_PROMPTS over the same tiles as TiledBlendedDiffusion, plus XPSR's descriptions."""
+
+    COMBOS_AT_RUN = ("backend", "region_prompts", "on_region_failure", "device", "dtype", "after_use")
+    """Dropdowns checked when the run starts (:meth:`caption`); validate_inputs names local_model alone."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -159,8 +162,10 @@ class MLLMRegionCaptioner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, local_model) -> bool | str:
-        return in_choices(local_model, model_folders(LLM_FOLDER, depth=2))
+    def validate_inputs(cls, local_model=None) -> bool | str:
+        """The model folder only, before the run: the other dropdowns are checked when it starts
+        (:meth:`caption`), so a missing folder stays the one input this check names."""
+        return combos_valid(cls, local_model=local_model)
 
     @classmethod
     def execute(cls, image, **inputs) -> io.NodeOutput:
@@ -179,12 +184,15 @@ class MLLMRegionCaptioner(io.ComfyNode):
                 region_prompts_json="", device="auto", dtype="auto", batch_size=4, after_use="unload",
                 hf_repo_id="", allow_download=False, timeout_s=120.0, retries=2):
         """The four outputs: region prompts, their JSON, XPSR's two descriptions."""
+        check_combos(cls, backend=backend, region_prompts=region_prompts, on_region_failure=on_region_failure,
+                     device=device, dtype=dtype, after_use=after_use)
         with widget_names(**WIDGETS):
             check_tile_settings(tile_width, tile_height, overlap)
             grid = image_grid(image.shape[1], image.shape[2], tile_height, tile_width, overlap)
             if region_prompts_json.strip():
                 prompts = from_json(region_prompts_json)
-                prompts.check_grid(grid, f"this node's image ({image.shape[2]}x{image.shape[1]}) and tile settings")
+                prompts.check_grid(grid, f"this node's image ({image.shape[2]}x{image.shape[1]}) and tile settings",
+                                   "the region prompts JSON in region_prompts_json")
                 return prompts, to_json(prompts), prompts.high_level, prompts.low_level
 
             local = chosen("backend", backend, BACKENDS) == BACKENDS[0]

@@ -17,8 +17,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..cupscale.editing.rerank import best_k, clip_scores
-from .host_services import in_choices, model_folder_path, model_folders, register_model_folder
-from .inputs import widget_names
+from .host_services import model_folder_path, model_folders, register_model_folder
+from .inputs import combos_valid, widget_names
 
 CLIP_FOLDER = "clip_rerank"
 
@@ -78,8 +78,8 @@ class CLIPRerank(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, clip_model) -> bool | str:
-        return in_choices(clip_model, model_folders(CLIP_FOLDER))
+    def validate_inputs(cls, clip_model=None) -> bool | str:
+        return combos_valid(cls, clip_model=clip_model)
 
     @classmethod
     def execute(cls, images, clip_model, text, keep, mask=None) -> io.NodeOutput:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
+import torch
+
 import comfy.model_management
 import comfy.utils
 import folder_paths
@@ -42,12 +45,12 @@ def model_folder_path(kind: str, name: str) -> Path | None:
                 None)
 
 
-def in_choices(value: str, choices: list[str]) -> bool | str:
-    """A dropdown's value checked against its choices, for a node's ``validate_inputs``: this host checks
-    only old-style dropdowns itself, and a model file that is not there must stop the prompt before it runs."""
-    if value in choices:
-        return True
-    return f"{value!r} not in " + (f"(list of length {len(choices)})" if len(choices) > 20 else str(choices))
+def free_bytes(device) -> int:
+    """Memory free for a new tensor on ``device``: the system's available RAM for the CPU (ComfyUI's own
+    figure adds swap-free pages the kernel may not give), the torch allocator's free memory otherwise."""
+    if torch.device(device).type == "cpu":
+        return psutil.virtual_memory().available
+    return comfy.model_management.get_free_memory(device)
 
 
 def progress_reporter():

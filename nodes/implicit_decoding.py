@@ -7,6 +7,8 @@ The maths is in ``cupscale.liif.model``; checkpoint layouts and their checks in 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 import comfy.model_management
@@ -15,7 +17,10 @@ from comfy_api.latest import io
 
 from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
-from .host_services import in_choices, progress_reporter, register_model_folder
+from ..cupscale.checkpoints import CheckpointError
+from ..cupscale.guards import check_finite, check_fits
+from .host_services import free_bytes, progress_reporter, register_model_folder
+from .inputs import combos_valid, widget_names
 
 LIIF_FOLDER = "liif"
 DECODER_FOLDER = "implicit_decoders"
@@ -33,6 +38,12 @@ def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tu
     """Render on ComfyUI's device into a buffer on its intermediate device, with a progress bar
     over the query chunks of every tile and a check for the user's cancel between them."""
     device = comfy.model_management.get_torch_device()
+    buffer_device = comfy.model_management.intermediate_device()
+    with widget_names(batch="batch"):
+        check_fits(x.shape[0] * out_hw[0] * out_hw[1] * model.head.out_dim * 4, free_bytes(buffer_device),
+                   f"The {out_hw[1]}x{out_hw[0]} output of {x.shape[0]} image(s) (float32)",
+                   "lower the output size (scale_by, width, height) or split the {batch} into smaller ones.",
+                   batch="batch")
     out = torch.empty((x.shape[0], *out_hw, model.head.out_dim), dtype=torch.float32,
                       device=comfy.model_management.intermediate_device())
     needed = comfy.model_management.module_size(model) + liif.working_bytes(model, x, tile)
@@ -45,6 +56,15 @@ def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tu
     finally:
         model.to(comfy.model_management.unet_offload_device())
     return liif.to_image_(out)
+
+
+@contextmanager
+def named_file(widget: str, name: str):
+    """A file that cannot be used, as the ValueError of the input that chose it."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise ValueError(f"{widget} = {name!r}: {e}") from None
 
 
 class ImplicitUpscaleModelLoader(io.ComfyNode):
@@ -62,12 +82,13 @@ class ImplicitUpscaleModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name) -> bool | str:
-        return in_choices(model_name, folder_paths.get_filename_list(LIIF_FOLDER))
+    def validate_inputs(cls, model_name=None) -> bool | str:
+        return combos_valid(cls, model_name=model_name)
 
     @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
-        return io.NodeOutput(load_liif(folder_paths.get_full_path_or_raise(LIIF_FOLDER, model_name)))
+        with named_file("model_name", model_name):
+            return io.NodeOutput(load_liif(folder_paths.get_full_path_or_raise(LIIF_FOLDER, model_name)))
 
 
 class ImplicitUpscale(io.ComfyNode):
@@ -100,6 +121,8 @@ class ImplicitUpscale(io.ComfyNode):
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"image has shape {tuple(image.shape)}; LIIF models take RGB images (B, H, W, 3): "
                              f"drop the alpha channel or convert to RGB first.")
+        with widget_names(f="image"):
+            check_finite(image, "f")
         out_hw = liif.output_size(tuple(image.shape[1:3]), scale_by, width, height)
         return io.NodeOutput(run_on_device(implicit_model, liif.to_signed(image), out_hw, tile_size))
 
@@ -121,12 +144,14 @@ class ImplicitDecoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, decoder_name) -> bool | str:
-        return in_choices(decoder_name, folder_paths.get_filename_list(DECODER_FOLDER))
+    def validate_inputs(cls, decoder_name=None) -> bool | str:
+        return combos_valid(cls, decoder_name=decoder_name)
 
     @classmethod
     def execute(cls, decoder_name) -> io.NodeOutput:
-        return io.NodeOutput(load_implicit_decoder(folder_paths.get_full_path_or_raise(DECODER_FOLDER, decoder_name)))
+        with named_file("decoder_name", decoder_name):
+            return io.NodeOutput(load_implicit_decoder(folder_paths.get_full_path_or_raise(DECODER_FOLDER,
+                                                                                          decoder_name)))
 
 
 class ImplicitLatentDecode(io.ComfyNode):
@@ -158,6 +183,8 @@ class ImplicitLatentDecode(io.ComfyNode):
             raise ValueError(f"samples has shape {tuple(latent.shape)}, but the decoder takes {channels}-channel "
                              f"image latents (B, {channels}, h, w): it is an {decoder.info.describe()}. Use the "
                              f"decoder trained for this model's VAE.")
+        with widget_names(f="samples"):
+            check_finite(latent, "f")
         out_hw = liif.output_size(tuple(latent.shape[-2:]), 1.0, width, height)
         return io.NodeOutput(run_on_device(decoder.model, latent, out_hw, tile_size))
 

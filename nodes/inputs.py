@@ -34,6 +34,36 @@ def percent_range_inputs(first: str, after: str, step: float = 0.01) -> list[io.
     ]
 
 
+def combo_options(node: type[io.ComfyNode]) -> dict[str, list]:
+    """Every dropdown of ``node`` with its options, as its schema declares them now (folder lists rescanned)."""
+    return {i.id: list(i.options) for i in node.define_schema().inputs if isinstance(i, io.Combo.Input)}
+
+
+def combo_problem(node: type[io.ComfyNode], **values) -> str | None:
+    """What is wrong with the dropdown values given (None: linked, unknown until the run), or None.
+
+    ComfyUI 0.3.64 checks old-style list dropdowns before a run but not V3 ``Combo`` inputs: a prompt queued
+    over the API with a label that is not an option would run, and a node would meet a value it never offered.
+    """
+    options = combo_options(node)
+    wrong = [f"{name} = {value!r} is not one of {', '.join(map(repr, options[name][:20]))}"
+             + (f" ({len(options[name])} in all)" if len(options[name]) > 20 else "")
+             for name, value in values.items() if value is not None and value not in options.get(name, [value])]
+    return "; ".join(wrong) + ": choose one of the listed values." if wrong else None
+
+
+def combos_valid(node: type[io.ComfyNode], **values) -> bool | str:
+    """For a node's ``validate_inputs`` (which lists the dropdowns it checks): True, or the message."""
+    return combo_problem(node, **values) or True
+
+
+def check_combos(node: type[io.ComfyNode], **values) -> None:
+    """At the run, for dropdowns a node does not check in ``validate_inputs``: a ValueError naming the input."""
+    problem = combo_problem(node, **values)
+    if problem:
+        raise ValueError(problem)
+
+
 @contextmanager
 def widget_names(**names: str):
     """The core's InputError (RunError) as the ValueError (RuntimeError) a user reads, in this node's

@@ -12,11 +12,12 @@ import comfy.patcher_extension
 from comfy_api.latest import io
 
 from ..cupscale.captioning.region_prompts import TYPE_NAME as REGION_PROMPTS
+from ..cupscale.guards import check_finite
 from ..cupscale.priors.composer import ComposerSettings, RegionTexts, from_region_prompts, parse_region_text
 from ..cupscale.schedule import check_percent_range
 from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
 from .attention_runs import AttentionPrior, Composer
-from .inputs import advanced, percent_range_inputs, widget_names
+from .inputs import advanced, combos_valid, percent_range_inputs, widget_names
 from .tiled_diffusion import latent_ratio
 from .unet_layers import BLOCKS, RESOLUTIONS, select_layers
 
@@ -38,6 +39,8 @@ def check_low_res_latent(samples, channels: int) -> None:
     if samples.ndim != 4 or samples.numel() == 0 or samples.shape[1] != channels:
         raise ValueError(f"low_res_latent has shape {tuple(samples.shape)}: RegionalAttentionPrior needs an image "
                          f"latent with this model's {channels} channels, e.g. VAE Encode of the low-res image.")
+    with widget_names(f="low_res_latent"):
+        check_finite(samples, "f")
 
 
 class RegionalAttentionPrior(io.ComfyNode):
@@ -76,6 +79,10 @@ class RegionalAttentionPrior(io.ComfyNode):
             ],
             outputs=[io.Model.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, blocks=None, resolutions=None) -> bool | str:
+        return combos_valid(cls, blocks=blocks, resolutions=resolutions)
 
     @classmethod
     def execute(cls, model, low_res_latent, global_conditioning, blocks, resolutions, start_percent,

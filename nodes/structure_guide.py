@@ -16,7 +16,8 @@ from ..cupscale.priors.structure import (DECAY_SHAPES, reference_at, reference_f
                                          working_band)
 from ..cupscale.schedule import check_percent_range
 from ..cupscale.tiling.lowpass import align_low_frequencies, lowpass
-from .inputs import percent_range_inputs, widget_names
+from ..cupscale.guards import check_finite
+from .inputs import combos_valid, percent_range_inputs, widget_names
 from .step_clock import clock_of, run_clock
 
 
@@ -67,6 +68,8 @@ def check_reference(samples: torch.Tensor, channels: int) -> None:
     if samples.shape[1] != channels:
         raise ValueError(f"reference has {samples.shape[1]} channels but the model's latents have {channels}: "
                          f"encode the low-resolution image with this model's VAE.")
+    with widget_names(f="reference"):
+        check_finite(samples, "f")
 
 
 class LowFreqStructureGuide(io.ComfyNode):
@@ -104,6 +107,10 @@ class LowFreqStructureGuide(io.ComfyNode):
             ],
             outputs=[io.Model.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, lowpass=None, decay=None) -> bool | str:
+        return combos_valid(cls, lowpass=lowpass, decay=decay)
 
     @classmethod
     def execute(cls, model, reference, strength, lowpass, sigma, cutoff, start_percent, end_percent,

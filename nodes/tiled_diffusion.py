@@ -18,6 +18,8 @@ import comfy.patcher_extension
 import comfy.utils
 from comfy_api.latest import io
 
+from ..cupscale.guards import check_finite
+from ..cupscale.lru import LRU, env_limit
 from ..cupscale.schedule import StepClock
 from ..cupscale.tiling import blended
 from ..cupscale.tiling.grid import RegionGrid, check_tile_settings, region_grid
@@ -30,6 +32,8 @@ from .step_clock import run_clock
 TILES_KEY = "cupscale_tiles"
 RUN_KEY = "cupscale_tiled_run"
 WRAPPER_KEY = "cupscale.tiled_diffusion"
+GRIDS_VAR = "CUPSCALE_TILE_GRIDS"
+"""Latent sizes whose grid and feather weights a patched model keeps (default 8)."""
 WrappersMP = comfy.patcher_extension.WrappersMP
 
 
@@ -73,18 +77,19 @@ class TiledDiffusion:
         self.tiles_per_batch = tiles_per_batch
         self.mask = mask
         self.lowpass_sigma = lowpass_sigma
-        self.grids: dict[tuple[int, int], tuple[RegionGrid, torch.Tensor]] = {}
+        self.grids: LRU[tuple[RegionGrid, torch.Tensor]] = LRU("tile grids", env_limit(GRIDS_VAR, 8))
 
     def grid(self, hw: tuple[int, int], like: torch.Tensor | None = None) -> tuple[RegionGrid, torch.Tensor]:
         """The grid for a latent of ``hw`` and its feather weights, kept on ``like``'s device and dtype
         once moved there, so no step copies them again."""
-        if hw not in self.grids:
+        found = self.grids.get(hw)
+        if found is None:
             grid = region_grid(hw[0], hw[1], self.tile_height, self.tile_width, self.overlap)
-            self.grids[hw] = (grid, tile_weights(grid))
-        grid, weights = self.grids[hw]
+            found = self.grids.put(hw, (grid, tile_weights(grid)))
+        grid, weights = found
         if like is not None and (weights.device, weights.dtype) != (like.device, like.dtype):
-            self.grids[hw] = grid, weights.to(like)
-        return self.grids[hw]
+            found = self.grids.put(hw, (grid, weights.to(like)))
+        return found
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
         guider = executor.class_obj
@@ -202,6 +207,9 @@ class TiledBlendedDiffusion(io.ComfyNode):
                 background_lowpass=0.0) -> io.NodeOutput:
         with widget_names():
             check_tile_settings(tile_width, tile_height, overlap)
+        if mask is not None:
+            with widget_names(f="mask"):
+                check_finite(mask, "f", "TiledBlendedDiffusion's mask")
         if tiles_per_batch < 0:
             raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be 0 (automatic) or a number of tiles.")
         if background_lowpass < 0:

@@ -156,6 +156,17 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def chat_completion(body: bytes, url: str) -> dict:
+    """The JSON of a 200 reply. Anything else is no transfer error to retry but a server that does not speak
+    the OpenAI API there (a web page, another service, a proxy's error page): say so at once."""
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise RunError(f"the endpoint {url} answered with something that is not JSON ({type(e).__name__}: {e}; "
+                       f"it begins {body[:60]!r}). Set {{base_url}} to an OpenAI-compatible server's /v1 and "
+                       f"{{model}} to a model it serves.", base_url="base_url", model="model") from None
+
+
 def reply_text(reply: dict) -> str:
     try:
         content = reply["choices"][0]["message"]["content"]
@@ -220,7 +231,8 @@ class OpenAIEndpoint:
             unreachable = None
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
-                    return reply_text(json.load(reply))
+                    body = reply.read()
+                return reply_text(chat_completion(body, self.url))
             except urllib.error.HTTPError as e:
                 if e.code not in RETRYABLE_HTTP:
                     raise RunError(f"the endpoint {self.url} rejected the request (HTTP {e.code}: "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..tiling.grid import RegionGrid, check_same_grid, region_grid
+from ..tiling.grid import RegionGrid, check_same_grid, region_count, region_grid
 
 TYPE_NAME = "REGION_PROMPTS"
 """The ComfyUI type name under which a :class:`RegionPrompts` flows between nodes."""
@@ -42,19 +42,24 @@ class RegionPrompts:
             raise ValueError(f"{len(self.prompts)} region prompts for a grid of {len(self.grid)} regions "
                              f"({self.grid.describe()}); give exactly one prompt per region.")
 
-    def check_grid(self, tiles: RegionGrid, tiles_name: str) -> None:
+    def check_grid(self, tiles: RegionGrid, tiles_name: str,
+                   name: str = "the region prompts (MLLMRegionCaptioner)") -> None:
         """Raise a clear error unless these prompts were made for exactly the grid of ``tiles``.
 
         Downstream nodes call this with the grid they tile the latent with, e.g.
         ``region_prompts.check_grid(grid, "TiledBlendedDiffusion's tiles")``.
         """
-        check_same_grid(tiles, self.grid, "the region prompts (MLLMRegionCaptioner)", tiles_name)
+        check_same_grid(tiles, self.grid, name, tiles_name)
 
 
 def pixel_box(box) -> dict[str, int]:
     """A grid box in image pixels, as written in the JSON for people to read."""
     c = PIXELS_PER_CELL
     return {"x": box.left * c, "y": box.top * c, "width": box.width * c, "height": box.height * c}
+
+
+MAX_JSON_CHARS = 4_000_000
+"""Longer region prompts JSON is refused before parsing: an API client's paste, not an edit."""
 
 
 def to_json(prompts: RegionPrompts) -> str:
@@ -76,6 +81,10 @@ def to_json(prompts: RegionPrompts) -> str:
 
 def from_json(text: str, input_name: str = "region_prompts_json") -> RegionPrompts:
     """Parse the text written by :func:`to_json` (possibly edited), with errors that say what to fix."""
+    if len(text) > MAX_JSON_CHARS:
+        raise ValueError(f"{input_name} holds {len(text):,} characters, more than region prompts need (at most "
+                         f"{MAX_JSON_CHARS:,}: a thousand regions of 4,000 characters each). Paste the JSON this "
+                         f"node wrote, or clear {input_name} to caption again.")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -86,11 +95,20 @@ def from_json(text: str, input_name: str = "region_prompts_json") -> RegionPromp
                          f"Paste the JSON this node wrote, or clear {input_name} to caption again.")
     g = field(doc, "grid_in_latent_cells", dict, input_name)
     try:
-        grid = region_grid(*(int(g[k]) for k in ("height", "width", "tile_height", "tile_width", "overlap")))
-    except (KeyError, TypeError, ValueError) as e:
+        h, w, th, tw, o = settings = [int(g[k]) for k in ("height", "width", "tile_height", "tile_width", "overlap")]
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{input_name}: \"grid_in_latent_cells\" is broken ({e}); it needs integer height, "
                          f"width, tile_height, tile_width and overlap, as the node wrote them.") from None
     regions = field(doc, "regions", list, input_name)
+    if min(h, w, th, tw) >= 1 and 0 <= o < min(th, tw) and region_count(*settings) != len(regions):
+        raise ValueError(f"{input_name} lists {len(regions)} regions but its grid ({h}x{w} latent cells, tiles "
+                         f"{th}x{tw}, overlap {o}) has {region_count(*settings)}; keep one entry per region, or "
+                         f"clear {input_name} to caption again.")
+    try:
+        grid = region_grid(*settings)
+    except ValueError as e:
+        raise ValueError(f"{input_name}: \"grid_in_latent_cells\" is broken ({e}); it needs integer height, "
+                         f"width, tile_height, tile_width and overlap, as the node wrote them.") from None
     if len(regions) != len(grid):
         raise ValueError(f"{input_name} lists {len(regions)} regions but its grid ({grid.describe()}) has "
                          f"{len(grid)}; keep one entry per region, or clear {input_name} to caption again.")

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..lru import env_limit
 from ..tiling.grid import Box
 from .items import ItemRegions
 
@@ -86,7 +87,11 @@ def capture_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: 
     return CapturedAttention(maps, values.contiguous()), out
 
 
-@functools.lru_cache(maxsize=1024)  # a few grids per run (tiles x layer resolutions), read at every step
+GRID_CACHE_VAR = "CUPSCALE_GRID_CACHE_ENTRIES"
+
+
+# A few grids per run (tiles x layer resolutions), read at every step; bounded, as sizes change between runs.
+@functools.lru_cache(maxsize=env_limit(GRID_CACHE_VAR, 1024))
 def sampling_grid(box: Box, working_hw: tuple[int, int], target_hw: tuple[int, int],
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """Where the ``target_hw`` tokens of a tile at ``box`` lie on any map of the whole latent.

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..lru import LRU, env_limit
 from ..tiling.grid import RegionGrid, check_same_grid
 from ..captioning.region_prompts import RegionPrompts, from_json
 from .items import Attend
@@ -107,6 +108,16 @@ class ComposerSettings:
     embeddings: tuple[torch.Tensor, ...]
 
 
+KEYS_VAR = "CUPSCALE_COMPOSER_KEYS_MB"
+
+
+def projected_keys_cache() -> LRU:
+    """K_r, V_r per (layer, prompt) for one run, at most $CUPSCALE_COMPOSER_KEYS_MB (default 1024): SDXL's 70
+    layers times a 4K image's 25 region prompts would otherwise keep about 1.4 GB. An evicted pair is projected
+    again when next needed (two small matmuls), so the limit trades time for memory, never the result."""
+    return LRU("composer keys", max_bytes=env_limit(KEYS_VAR, 1024) * 1024 * 1024)
+
+
 @dataclass
 class ComposerRun:
     """One sampling run of the composer: region prompts projected per layer, and the grids already checked.
@@ -114,7 +125,7 @@ class ComposerRun:
 
     settings: ComposerSettings
     tiles: str
-    projected: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    projected: LRU = field(default_factory=projected_keys_cache)
     checked: set[tuple] = field(default_factory=set)
 
     def check(self, grid: RegionGrid) -> None:
@@ -127,7 +138,8 @@ class ComposerRun:
                     like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K_r, V_r of region ``region``'s prompt at ``layer``, projected by its ``attn2`` once per run."""
         prompt = self.settings.texts.prompt_index(region)
-        if (layer, prompt) not in self.projected:
+        found = self.projected.get((layer, prompt))
+        if found is None:
             embedding = self.settings.embeddings[prompt].to(like.device, like.dtype)
-            self.projected[(layer, prompt)] = (attn2.to_k(embedding), attn2.to_v(embedding))
-        return self.projected[(layer, prompt)]
+            found = self.projected.put((layer, prompt), (attn2.to_k(embedding), attn2.to_v(embedding)))
+        return found

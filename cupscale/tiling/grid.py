@@ -58,15 +58,27 @@ class RegionGrid:
                 f"(overlap {self.overlap}) over a {self.height}x{self.width} latent")
 
 
+def tile_count(length: int, tile: int, overlap: int) -> int:
+    """How many tiles :func:`tile_starts` lays over ``length``, without laying them."""
+    return 1 if tile >= length else math.ceil((length - overlap) / (tile - overlap))
+
+
+def region_count(height: int, width: int, tile_height: int, tile_width: int, overlap: int) -> int:
+    """len(region_grid(...)) for valid settings, computed without building the boxes: a grid read from
+    text (region prompts JSON) is checked against its regions before it is built."""
+    th, tw = min(tile_height, height), min(tile_width, width)
+    return tile_count(height, th, min(overlap, th - 1)) * tile_count(width, tw, min(overlap, tw - 1))
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of equal tiles spread evenly over ``length`` with at least ``overlap`` shared.
 
     The last tile ends exactly at ``length``; spreading the slack evenly keeps every overlap at
     least the requested one, so the feathered seams all have room.
     """
-    if tile >= length:
+    count = tile_count(length, tile, overlap)
+    if count == 1:
         return [0]
-    count = math.ceil((length - overlap) / (tile - overlap))
     stride = (length - tile) / (count - 1)
     return [round(i * stride) for i in range(count)]
 
