@@ -1,6 +1,6 @@
-"""Fit seed 003's implicit neural decoder for a VAE's latent space, the VAE encoder frozen.
+"""Fit the implicit neural decoder of arbitrary-scale latent diffusion for a VAE's latent space, the VAE encoder frozen.
 
-The decoder (seed 003, Fig. 3) is a 1x1 conv, the VAE decoder's trunk without up-sampling, and a
+The decoder (Fig. 3 of the paper) is a 1x1 conv, the VAE decoder's trunk without up-sampling, and a
 LIIF head (MLP [256] * 4, local ensemble, cell decoding). The recipe is the paper's first stage
 (``FirstStageModel.get_input`` / ``training_step`` in zhenshij/arbitrary-scale-diffusion, after LIIF
 Sec. 3.2): every step takes random crops of the training images, encodes them with the frozen
