@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import table  # noqa: E402
+
 NATIVE_PX = {"sd15": 512, "sdxl": 1024}
 PROMPT, NEGATIVE = "a red barn in a field of sunflowers", "blurry, low quality"
 
@@ -65,13 +67,6 @@ class ModelClock:
         self.calls += 1
         return out
 
-
-def table(title, header, rows):
-    print(f"\n{title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c) for c in r) + " |")
 
 
 def boot(kind: str):

@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import table  # noqa: E402
+
 STEPS = 6
 TILE_PX, OVERLAP_PX = 256, 64
 
@@ -63,13 +65,6 @@ def run(model, size, tiled_node, patcher_extension, tiny, per_batch=None):
                         tiny.conditioning("sd15", 2), latent, denoise=0.6, seed=1, disable_pbar=True)
     return time.perf_counter() - start, clock
 
-
-def table(title, header, rows):
-    print(f"\n{title}")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c) for c in r) + " |")
 
 
 def memory_child(size: int) -> None:
