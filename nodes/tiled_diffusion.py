@@ -5,7 +5,8 @@ Three wrappers on a clone of the model (core: cupscale.tiling.multidiffusion.run
 - CALC_COND_BATCH pins the background outside the mask and defers ControlNets to the tiles.
 - APPLY_MODEL runs each evaluation as tile batches through the core's loop; the node's part of each
   batch is the host's: conditioning and hint crops, interruption, the progress bar. The tiles being
-  run are published as ``transformer_options["cupscale_tiles"]`` (a TileBatch).
+  run are published as ``transformer_options["cupscale_tiles"]`` (a TileBatch). On SDXL each tile's
+  ``y`` says where the tile lies in the image (cupscale.tiling.micro_conditioning).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import comfy.model_base
 import comfy.model_management
 import comfy.patcher_extension
 import comfy.utils
@@ -21,12 +23,12 @@ from comfy_api.latest import io
 from ..cupscale.guards import check_finite
 from ..cupscale.lru import LRU, env_limit
 from ..cupscale.schedule import StepClock
-from ..cupscale.tiling import blended
+from ..cupscale.tiling import blended, micro_conditioning
 from ..cupscale.tiling.grid import RegionGrid, check_tile_settings, region_grid
 from ..cupscale.tiling.multidiffusion import (TileBatch, auto_batch_size, repeat_per_tile, run_tiles, tile_value,
                                               tile_weights)
 from .control_tiling import ControlRequest, TiledHints, defer_controls
-from .inputs import tile_inputs, widget_names
+from .inputs import advanced, tile_inputs, widget_names
 from .step_clock import run_clock
 
 TILES_KEY = "cupscale_tiles"
@@ -40,6 +42,12 @@ WrappersMP = comfy.patcher_extension.WrappersMP
 def latent_ratio(model_patcher) -> int:
     """Pixels per latent cell of the model's VAE (8 for SD1.5, SDXL, SD3, Flux)."""
     return getattr(model_patcher.model.latent_format, "spacial_downscale_ratio", 8)
+
+
+def has_sdxl_crops(model) -> bool:
+    """Whether ``model`` (a BaseModel) takes SDXL's size and crop embeddings in ``y`` (SDXL and its distilled
+    kin; not the refiner, whose ``y`` ends in an aesthetic score)."""
+    return isinstance(model, comfy.model_base.SDXL) and hasattr(model, "embedder")
 
 
 def free_memory(device: torch.device) -> int:
@@ -72,12 +80,15 @@ class TiledDiffusion:
     """The patch: tiling settings plus the wrappers that apply them."""
 
     def __init__(self, tile_height: int, tile_width: int, overlap: int, tiles_per_batch: int,
-                 mask: torch.Tensor | None, lowpass_sigma: float):
+                 mask: torch.Tensor | None, lowpass_sigma: float, crop_pixels_per_cell: int | None = None):
         self.tile_height, self.tile_width, self.overlap = tile_height, tile_width, overlap
         self.tiles_per_batch = tiles_per_batch
         self.mask = mask
         self.lowpass_sigma = lowpass_sigma
+        # Pixels per latent cell when each SDXL tile is conditioned as a crop; None: tiles keep ``y`` as it is.
+        self.crop_pixels_per_cell = crop_pixels_per_cell
         self.grids: LRU[tuple[RegionGrid, torch.Tensor]] = LRU("tile grids", env_limit(GRIDS_VAR, 8))
+        self.crops: LRU[torch.Tensor] = LRU("tile crop embeddings", env_limit(GRIDS_VAR, 8))
 
     def grid(self, hw: tuple[int, int], like: torch.Tensor | None = None) -> tuple[RegionGrid, torch.Tensor]:
         """The grid for a latent of ``hw`` and its feather weights, kept on ``like``'s device and dtype
@@ -89,6 +100,15 @@ class TiledDiffusion:
         grid, weights = found
         if like is not None and (weights.device, weights.dtype) != (like.device, like.dtype):
             found = self.grids.put(hw, (grid, weights.to(like)))
+        return found
+
+    def tile_crops(self, hw: tuple[int, int], grid: RegionGrid, model, y: torch.Tensor) -> torch.Tensor:
+        """Every tile's crop embeddings for a latent of ``hw``, made once per grid by the model's own embedder
+        on ``y``'s device and dtype."""
+        found = self.crops.get(hw)
+        if found is None or (found.device, found.dtype) != (y.device, y.dtype):
+            found = self.crops.put(hw, micro_conditioning.tile_crop_embeddings(
+                grid, self.crop_pixels_per_cell, model.embedder, y))
         return found
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
@@ -133,10 +153,15 @@ class TiledDiffusion:
         chunks = len(transformer_options.get("cond_or_uncond", ())) or 1
         cond = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn)
         hints = run.hints if run is not None else TiledHints()
+        crops = None
+        if self.crop_pixels_per_cell is not None and torch.is_tensor(cond.get("y")):
+            crops = self.tile_crops(tuple(x.shape[-2:]), grid, executor.class_obj, cond["y"])
 
         def evaluate(batch: TileBatch, tile_x: torch.Tensor) -> torch.Tensor:
             comfy.model_management.throw_exception_if_processing_interrupted()
             tile_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in cond.items()}
+            if crops is not None:
+                tile_cond["y"] = micro_conditioning.with_tile_crops(tile_cond["y"], crops, batch.indices, chunks)
             tile_t = repeat_per_tile(t, chunks, len(batch.indices))
             options = {**transformer_options, TILES_KEY: batch}
             tile_control = control
@@ -186,7 +211,7 @@ class TiledBlendedDiffusion(io.ComfyNode):
                          "them with feathered weights (MultiDiffusion). Tiles larger than the latent are clamped "
                          "to it. With a mask, the area outside it stays the sampled latent (blended diffusion); "
                          "background_lowpass > 0 keeps only its low frequencies there (Multi-Stage Blended "
-                         "Diffusion)."),
+                         "Diffusion). On SDXL each tile is conditioned as a crop of the whole image."),
             inputs=[
                 io.Model.Input("model"),
                 *tile_inputs("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
@@ -198,13 +223,18 @@ class TiledBlendedDiffusion(io.ComfyNode):
                 io.Float.Input("background_lowpass", default=0.0, min=0.0, max=64.0, step=0.5, optional=True,
                                tooltip="Gaussian sigma in latent cells: outside the mask keep only the latent's low "
                                        "frequencies (0 = keep all)."),
+                advanced(io.Boolean.Input("sdxl_crop_conditioning", default=True, optional=True,
+                                          tooltip="SDXL only: condition each tile as a crop of the whole image "
+                                                  "(crop top/left = the tile's offset in pixels; original and "
+                                                  "target size stay the image's). Off: every tile gets the "
+                                                  "conditioning's own crop. Other models ignore it.")),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, tile_width, tile_height, overlap, tiles_per_batch, mask=None,
-                background_lowpass=0.0) -> io.NodeOutput:
+                background_lowpass=0.0, sdxl_crop_conditioning=True) -> io.NodeOutput:
         with widget_names():
             check_tile_settings(tile_width, tile_height, overlap)
         if mask is not None:
@@ -215,8 +245,9 @@ class TiledBlendedDiffusion(io.ComfyNode):
         if background_lowpass < 0:
             raise ValueError(f"background_lowpass = {background_lowpass} must be 0 (off) or a positive sigma.")
         ratio = latent_ratio(model)
+        crops = ratio if sdxl_crop_conditioning and has_sdxl_crops(model.model) else None
         patch = TiledDiffusion(tile_height // ratio, tile_width // ratio, overlap // ratio, tiles_per_batch,
-                               mask, background_lowpass)
+                               mask, background_lowpass, crops)
         patched = model.clone()
         for kind, fn in ((WrappersMP.OUTER_SAMPLE, patch.outer_sample),
                          (WrappersMP.CALC_COND_BATCH, patch.calc_cond_batch),
