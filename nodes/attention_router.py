@@ -19,7 +19,7 @@ import comfy.ldm.modules.attention as attention
 
 from ..cupscale.priors.items import item_regions, on_cond_items
 from ..cupscale.priors.processors import AttentionCall, CaptureProcessor, ComposerProcessor, PriorProcessor
-from .tiled_diffusion import TILES_KEY
+from .tiled_sampling import TILES_KEY
 from .unet_layers import Layer
 
 PRIOR_KEY = "cupscale_attention_prior"

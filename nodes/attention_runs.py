@@ -22,7 +22,7 @@ from ..cupscale.priors.composer import ComposerRun, ComposerSettings
 from ..cupscale.priors.structure import check_same_aspect
 from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
 from .step_clock import clock_of, run_clock
-from .tiled_diffusion import TILES_KEY
+from .tiled_sampling import TILES_KEY
 from .unet_layers import Layer
 
 TILES_NAME = "TiledBlendedDiffusion's tiles (one region when the latent is not tiled)"

@@ -18,7 +18,7 @@ from ..cupscale.schedule import check_percent_range
 from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
 from .attention_runs import AttentionPrior, Composer
 from .inputs import advanced, combos_valid, percent_range_inputs, widget_names
-from .tiled_diffusion import latent_ratio
+from .tiled_sampling import latent_ratio
 from .unet_layers import BLOCKS, RESOLUTIONS, select_layers
 
 WrappersMP = comfy.patcher_extension.WrappersMP

@@ -21,7 +21,7 @@ def test_auto_batch_never_goes_below_one_tile():
 def test_the_node_picks_the_batch_by_free_memory_and_keeps_the_result(tiny, host, monkeypatch, fits):
     """With free memory for ``fits`` tiles by the model's estimate, each step makes ceil(6 / fits) calls, and
     the result is the fixed batch's."""
-    td = pack_module(host, "nodes.tiled_diffusion")
+    td = pack_module(host, "nodes.tiled_sampling")
     node = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]()
     model = tiny.tiny_model("sd15")
     per_tile = model.model.memory_required([2, 4, 24, 24])  # cond + uncond of one 192 px tile

@@ -1,0 +1,197 @@
+"""The wrappers behind TiledBlendedDiffusion (nodes/tiled_diffusion.py): MultiDiffusion over overlapping
+tiles, optionally blended with a mask.
+
+Three wrappers on a clone of the model (core: cupscale.tiling.multidiffusion.run_tiles, cupscale.tiling.blended):
+- OUTER_SAMPLE prepares one run: the source latent and noise for blending, the progress bar.
+- CALC_COND_BATCH pins the background outside the mask and defers ControlNets to the tiles.
+- APPLY_MODEL runs each evaluation as tile batches through the core's loop; the node's part of each
+  batch is the host's: conditioning and hint crops, interruption, the progress bar. The tiles being
+  run are published as ``transformer_options["cupscale_tiles"]`` (a TileBatch). On SDXL each tile's
+  ``y`` says where the tile lies in the image (cupscale.tiling.micro_conditioning).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import comfy.model_base
+import comfy.model_management
+import comfy.patcher_extension
+import comfy.utils
+
+from ..cupscale.lru import LRU, env_limit
+from ..cupscale.schedule import StepClock
+from ..cupscale.tiling import blended, micro_conditioning
+from ..cupscale.tiling.grid import RegionGrid, region_grid
+from ..cupscale.tiling.multidiffusion import (TileBatch, auto_batch_size, repeat_per_tile, run_tiles, tile_value,
+                                              tile_weights)
+from .control_tiling import ControlRequest, TiledHints, defer_controls
+from .inputs import widget_names
+from .step_clock import run_clock
+
+TILES_KEY = "cupscale_tiles"
+RUN_KEY = "cupscale_tiled_run"
+WRAPPER_KEY = "cupscale.tiled_diffusion"
+GRIDS_VAR = "CUPSCALE_TILE_GRIDS"
+"""Latent sizes whose grid and feather weights a patched model keeps (default 8)."""
+WrappersMP = comfy.patcher_extension.WrappersMP
+
+
+def latent_ratio(model_patcher) -> int:
+    """Pixels per latent cell of the model's VAE (8 for SD1.5, SDXL, SD3, Flux)."""
+    return getattr(model_patcher.model.latent_format, "spacial_downscale_ratio", 8)
+
+
+def has_sdxl_crops(model) -> bool:
+    """Whether ``model`` (a BaseModel) takes SDXL's size and crop embeddings in ``y`` (SDXL and its distilled
+    kin; not the refiner, whose ``y`` ends in an aesthetic score)."""
+    return isinstance(model, comfy.model_base.SDXL) and hasattr(model, "embedder")
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` for the model's activations, as the host counts them."""
+    return comfy.model_management.get_free_memory(device)
+
+
+@dataclass
+class TiledRun:
+    """What one sampling run needs beyond the model call: blending inputs, hints, progress."""
+
+    clock: StepClock
+    tiles: int
+    progress: comfy.utils.ProgressBar
+    source: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    hints: TiledHints = field(default_factory=TiledHints)
+    batch_sizes: dict[tuple, int] = field(default_factory=dict)
+
+    def report(self, done: int, total: int) -> None:
+        """Tile-level progress on the same scale as the sampler's own step bar (steps x tiles); the step is the
+        clock's, on the host, so reporting never waits for the device."""
+        value = self.clock.step * self.tiles + round(done * self.tiles / total)
+        # Never backwards: a resampler (RePaint) revisits noise levels it has passed.
+        self.progress.update_absolute(max(value, self.progress.current), self.clock.steps * self.tiles)
+
+
+class TiledDiffusion:
+    """The patch: tiling settings plus the wrappers that apply them."""
+
+    def __init__(self, tile_height: int, tile_width: int, overlap: int, tiles_per_batch: int,
+                 mask: torch.Tensor | None, lowpass_sigma: float, crop_pixels_per_cell: int | None = None):
+        self.tile_height, self.tile_width, self.overlap = tile_height, tile_width, overlap
+        self.tiles_per_batch = tiles_per_batch
+        self.mask = mask
+        self.lowpass_sigma = lowpass_sigma
+        # Pixels per latent cell when each SDXL tile is conditioned as a crop; None: tiles keep ``y`` as it is.
+        self.crop_pixels_per_cell = crop_pixels_per_cell
+        self.grids: LRU[tuple[RegionGrid, torch.Tensor]] = LRU("tile grids", env_limit(GRIDS_VAR, 8))
+        self.crops: LRU[torch.Tensor] = LRU("tile crop embeddings", env_limit(GRIDS_VAR, 8))
+
+    def grid(self, hw: tuple[int, int], like: torch.Tensor | None = None) -> tuple[RegionGrid, torch.Tensor]:
+        """The grid for a latent of ``hw`` and its feather weights, kept on ``like``'s device and dtype
+        once moved there, so no step copies them again."""
+        found = self.grids.get(hw)
+        if found is None:
+            grid = region_grid(hw[0], hw[1], self.tile_height, self.tile_width, self.overlap)
+            found = self.grids.put(hw, (grid, tile_weights(grid)))
+        grid, weights = found
+        if like is not None and (weights.device, weights.dtype) != (like.device, like.dtype):
+            found = self.grids.put(hw, (grid, weights.to(like)))
+        return found
+
+    def tile_crops(self, hw: tuple[int, int], grid: RegionGrid, model, y: torch.Tensor) -> torch.Tensor:
+        """Every tile's crop embeddings for a latent of ``hw``, made once per grid by the model's own embedder
+        on ``y``'s device and dtype."""
+        found = self.crops.get(hw)
+        if found is None or (found.device, found.dtype) != (y.device, y.dtype):
+            found = self.crops.put(hw, micro_conditioning.tile_crop_embeddings(
+                grid, self.crop_pixels_per_cell, model.embedder, y))
+        return found
+
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+        guider = executor.class_obj
+        model = guider.model_patcher.model
+        hw = tuple(noise.shape[-2:])
+        clock, callback = run_clock(guider.model_options, sigmas, callback)
+        tiles = len(self.grid(hw)[0])
+        # Like the sampler's own ProgressBar (latent_preview.prepare_callback), this reports to the UI and to
+        # progress hooks whatever disable_pbar says: that flag is for the console's tqdm bars.
+        run = TiledRun(clock, tiles, comfy.utils.ProgressBar(clock.steps * tiles))
+        if self.mask is not None:
+            with widget_names(mask="TiledBlendedDiffusion's mask"):
+                run.mask = blended.mask_at_latent(self.mask, hw, latent_ratio(guider.model_patcher))
+            run.source = model.process_latent_in(latent_image) if torch.count_nonzero(latent_image) else latent_image
+            run.noise = noise
+        guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+        run: TiledRun | None = model_options.get("transformer_options", {}).get(RUN_KEY)
+        pinned = run is not None and run.mask is not None
+        if pinned:
+            mask = run.mask.to(x_in)
+            source = run.source.to(x_in)
+            if self.lowpass_sigma <= 0:
+                noised = model.scale_latent_inpaint(sigma=timestep, noise=run.noise.to(x_in), latent_image=source)
+                x_in = blended.blend(x_in, noised, mask)
+        out = executor(model, defer_controls(conds), x_in, timestep, model_options)
+        if pinned:
+            out = [blended.pin_background(o, source, mask, self.lowpass_sigma) for o in out]
+        return out
+
+    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        grid, weights = self.grid(tuple(x.shape[-2:]), x)
+        if len(grid) == 1:
+            if isinstance(control, ControlRequest):
+                control = control.evaluate(x, t, control.cond, transformer_options)
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+        run: TiledRun | None = transformer_options.get(RUN_KEY)
+        chunks = len(transformer_options.get("cond_or_uncond", ())) or 1
+        cond = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn)
+        hints = run.hints if run is not None else TiledHints()
+        crops = None
+        if self.crop_pixels_per_cell is not None and torch.is_tensor(cond.get("y")):
+            crops = self.tile_crops(tuple(x.shape[-2:]), grid, executor.class_obj, cond["y"])
+
+        def evaluate(batch: TileBatch, tile_x: torch.Tensor) -> torch.Tensor:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            tile_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in cond.items()}
+            if crops is not None:
+                tile_cond["y"] = micro_conditioning.with_tile_crops(tile_cond["y"], crops, batch.indices, chunks)
+            tile_t = repeat_per_tile(t, chunks, len(batch.indices))
+            options = {**transformer_options, TILES_KEY: batch}
+            tile_control = control
+            if isinstance(control, ControlRequest):
+                control_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in control.cond.items()}
+                tile_control = hints.evaluate(control, batch, tile_x, tile_t, control_cond, options)
+            c_cat, c_cross = tile_cond.pop("c_concat"), tile_cond.pop("c_crossattn")
+            return executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
+
+        report = None if run is None else run.report
+        batch_size = self.batch_size(executor.class_obj, x, grid, chunks, run)
+        return run_tiles(x, grid, weights, batch_size, evaluate, chunks=chunks,
+                         tiles=self.tiles_to_run(grid, run), report=report)
+
+    def batch_size(self, model, x: torch.Tensor, grid: RegionGrid, chunks: int, run: TiledRun | None) -> int:
+        """tiles_per_batch, or for 0 (auto) the most tiles whose model memory fits in the device's free memory,
+        by the model's own estimate (BaseModel.memory_required); chosen once per run and latent shape."""
+        if self.tiles_per_batch > 0:
+            return self.tiles_per_batch
+        key = tuple(x.shape)
+        if run is not None and key in run.batch_sizes:
+            return run.batch_sizes[key]
+        free = free_memory(x.device)
+        shape = [x.shape[0], x.shape[1], grid.tile_height, grid.tile_width]
+        size = auto_batch_size(len(grid), free, lambda k: model.memory_required([shape[0] * k, *shape[1:]]))
+        if run is not None:
+            run.batch_sizes[key] = size
+        return size
+
+    def tiles_to_run(self, grid: RegionGrid, run: TiledRun | None) -> list[int] | None:
+        """Every tile (None), except under a hard-pinned mask only those it touches."""
+        if run is None or run.mask is None or self.lowpass_sigma > 0:
+            return None
+        return blended.tiles_touching(grid, run.mask)
