@@ -50,18 +50,18 @@ class ModelClock:
         return out
 
 
-def run(model, size, tiled_node, patcher_extension, tiny, per_batch=None):
+def run(model, size, tiled_node, patcher_extension, tiny, per_batch=None, steps=STEPS):
     import comfy.sample
     import torch
     clock = ModelClock()
     m = model.clone()
     m.add_wrapper_with_key(patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench", clock)
-    if per_batch:
+    if per_batch is not None:  # 0: the automatic batch
         m = tiled_node.execute(m, TILE_PX, TILE_PX, OVERLAP_PX, per_batch)[0]
     latent = torch.randn(1, 4, size, size, generator=torch.Generator().manual_seed(0))
     noise = comfy.sample.prepare_noise(latent, 1)
     start = time.perf_counter()
-    comfy.sample.sample(m, noise, STEPS, 5.0, "euler", "normal", tiny.conditioning("sd15", 1),
+    comfy.sample.sample(m, noise, steps, 5.0, "euler", "normal", tiny.conditioning("sd15", 1),
                         tiny.conditioning("sd15", 2), latent, denoise=0.6, seed=1, disable_pbar=True)
     return time.perf_counter() - start, clock
 
@@ -119,6 +119,22 @@ def main():
         rows.append([f"{size}²", f"{latent_mib:.2f}", f"{peak:.0f}"])
     table("Peak memory during sampling over the RSS before it (sampled every 2 ms; tiles/batch 4)",
           ["latent", "one latent buffer MiB", "peak growth MiB"], rows)
+    auto_batch_table(model, node, ext, tiny)
+
+
+def auto_batch_table(model, node, ext, tiny, size=96, steps=2, repeats=2):
+    """tiles_per_batch 0 (the batch the free memory holds, by the model's estimate) against every fixed batch."""
+    from cupscale.tiling.grid import region_grid
+    tiles = len(region_grid(size, size, TILE_PX // 8, TILE_PX // 8, OVERLAP_PX // 8))
+    batches = [0] + [b for b in (1, 2, 4, 8) if b < tiles] + [tiles]
+    best = {b: min((run(model, size, node, ext, tiny, per_batch=b, steps=steps) for _ in range(repeats)),
+                   key=lambda r: r[0])
+            for b in batches}  # (seconds, clock): the faster of the repeats
+    fastest_fixed = min(best[b][0] for b in batches if b)
+    rows = [["auto (0)" if b == 0 else b, best[b][1].calls, f"{best[b][0]:.2f}", f"{best[b][0] / fastest_fixed:.3f}"]
+            for b in batches]
+    table(f"tiles_per_batch against the fastest fixed batch ({size}² latent, {tiles} tiles, {steps} euler steps, "
+          f"CFG, best of {repeats})", ["tiles/batch", "UNet calls", "sampling s", "/ fastest fixed"], rows)
 
 
 if __name__ == "__main__":
