@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cupscale.images import from_uint8, to_uint8  # noqa: E402
 from harness.photos import PHOTOS, photo, psnr  # noqa: E402
 
 SCALES = (2.0, 2.5, 3.0, 4.0)
@@ -44,10 +45,8 @@ class ReleasedLIIF:
         self.model = self.nodes["ImplicitUpscaleModelLoader"].execute(path.name)[0]
 
     def upscale(self, low: Image.Image, size: tuple[int, int]) -> Image.Image:
-        import torch
-        image = torch.from_numpy(np.asarray(low, dtype=np.float32) / 255)[None]
-        out = self.nodes["ImplicitUpscale"].execute(self.model, image, 1.0, size[0], size[1], 192)[0]
-        return Image.fromarray((out[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+        out = self.nodes["ImplicitUpscale"].execute(self.model, from_uint8(np.asarray(low)), 1.0, *size, 192)[0]
+        return Image.fromarray(to_uint8(out)[0])
 
 
 def side_by_side(images: list[Image.Image], labels: list[str], box: tuple[int, int, int, int],

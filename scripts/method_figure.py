@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness import comfy_host  # noqa: E402
+from cupscale.images import from_uint8, to_uint8  # noqa: E402
 from harness.photos import photo  # noqa: E402
 
 LOW_SIZE = (192, 128)        # the stage's input; the stage samples it at x2
@@ -32,10 +33,6 @@ PROMPTS = ("tabby fur, left ear", "striped tabby forehead", "striped forehead, f
            "soft blurred background")
 COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
            "#fabebe", "#008080", "#e6beff")
-
-
-def to_image(t: torch.Tensor) -> Image.Image:
-    return Image.fromarray((t[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
 
 
 def latent_picture(latent: torch.Tensor, size: tuple[int, int]) -> Image.Image:
@@ -57,7 +54,7 @@ def run_stage() -> dict:
     n = nodes.NODE_CLASS_MAPPINGS
 
     model, clip, vae = n["CupscaleTinyCheckpointLoader"]().load("sdxl", 0)
-    low = torch.from_numpy(np.asarray(ImageOps.fit(photo("chelsea"), LOW_SIZE), dtype=np.float32) / 255)[None]
+    low = from_uint8(np.asarray(ImageOps.fit(photo("chelsea"), LOW_SIZE)))
     image = n["ImageScaleBy"]().upscale(low, "bicubic", 2.0)[0]
     low_latent, latent = n["VAEEncode"]().encode(vae, low)[0], n["VAEEncode"]().encode(vae, image)[0]
     positive = n["CLIPTextEncode"]().encode(clip, "a photograph of a tabby cat, sharp focus")[0]
@@ -81,8 +78,8 @@ def run_stage() -> dict:
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "method_figure", record_tiles)
     out = n["KSampler"]().sample(patched, 0, 4, 5.0, "euler", "normal", positive, negative, latent, denoise=0.5)[0]
     reference_low = lowpass(model.model.latent_format.process_in(low_latent["samples"]), "gaussian", SIGMA)
-    return {"image": to_image(image), "boxes": list(dict.fromkeys(seen)), "grid": grid, "prompts": PROMPTS,
-            "reference_low": reference_low, "output": to_image(n["VAEDecode"]().decode(vae, out)[0])}
+    return {"image": Image.fromarray(to_uint8(image)[0]), "boxes": list(dict.fromkeys(seen)), "grid": grid, "prompts": PROMPTS,
+            "reference_low": reference_low, "output": Image.fromarray(to_uint8(n["VAEDecode"]().decode(vae, out)[0])[0])}
 
 
 def draw_boxes(image: Image.Image, boxes, labels=None) -> Image.Image:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cupscale.images import from_uint8, to_uint8
 from harness.photos import photo, psnr
 from harness.released_weights import Unavailable, released_liif
 
@@ -26,10 +27,9 @@ def test_liif_x4_beats_bicubic_by_2_db_on_a_real_photo(host, checkpoint):
     model = host.NODE_CLASS_MAPPINGS["ImplicitUpscaleModelLoader"].execute(checkpoint.name)[0]
     original = photo("astronaut")
     low = original.resize((original.width // 4, original.height // 4), Image.BICUBIC)
-    image = torch.from_numpy(np.asarray(low, dtype=np.float32) / 255)[None]
-    out = host.NODE_CLASS_MAPPINGS["ImplicitUpscale"].execute(model, image, 4.0, 0, 0, 192)[0]
+    out = host.NODE_CLASS_MAPPINGS["ImplicitUpscale"].execute(model, from_uint8(np.asarray(low)), 4.0, 0, 0, 192)[0]
     assert tuple(out.shape) == (1, original.height, original.width, 3)
-    implicit = (out[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    implicit = to_uint8(out)[0]
     bicubic = np.asarray(low.resize(original.size, Image.BICUBIC))
     truth = np.asarray(original)
     assert psnr(implicit, truth, 4) >= psnr(bicubic, truth, 4) + 2.0
