@@ -4,9 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import psutil
-import torch
-
 import comfy.model_management
 import comfy.utils
 import folder_paths
@@ -45,11 +42,9 @@ def model_folder_path(kind: str, name: str) -> Path | None:
                 None)
 
 
-def free_bytes(device) -> int:
-    """Memory free for a new tensor on ``device``: the system's available RAM for the CPU (ComfyUI's own
-    figure adds swap-free pages the kernel may not give), the torch allocator's free memory otherwise."""
-    if torch.device(device).type == "cpu":
-        return psutil.virtual_memory().available
+def free_memory(device) -> int:
+    """Bytes free for new tensors on ``device``, as the host counts them (the system's available RAM for the
+    CPU; the card's free memory plus what torch holds unused for a GPU)."""
     return comfy.model_management.get_free_memory(device)
 
 

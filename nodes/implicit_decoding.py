@@ -19,7 +19,7 @@ from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
 from ..cupscale.checkpoints import CheckpointError
 from ..cupscale.guards import check_finite, check_fits
-from .host_services import free_bytes, progress_reporter, register_model_folder
+from .host_services import free_memory, progress_reporter, register_model_folder
 from .inputs import combos_valid, widget_names
 
 LIIF_FOLDER = "liif"
@@ -40,7 +40,7 @@ def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tu
     device = comfy.model_management.get_torch_device()
     buffer_device = comfy.model_management.intermediate_device()
     with widget_names(batch="batch"):
-        check_fits(x.shape[0] * out_hw[0] * out_hw[1] * model.head.out_dim * 4, free_bytes(buffer_device),
+        check_fits(x.shape[0] * out_hw[0] * out_hw[1] * model.head.out_dim * 4, free_memory(buffer_device),
                    f"The {out_hw[1]}x{out_hw[0]} output of {x.shape[0]} image(s) (float32)",
                    "lower the output size (scale_by, width, height) or split the {batch} into smaller ones.",
                    batch="batch")

@@ -27,6 +27,7 @@ from ..cupscale.tiling.grid import RegionGrid, region_grid
 from ..cupscale.tiling.multidiffusion import (TileBatch, auto_batch_size, repeat_per_tile, run_tiles, tile_value,
                                               tile_weights)
 from .control_tiling import ControlRequest, TiledHints, defer_controls
+from .host_services import free_memory
 from .inputs import widget_names
 from .step_clock import run_clock
 
@@ -47,11 +48,6 @@ def has_sdxl_crops(model) -> bool:
     """Whether ``model`` (a BaseModel) takes SDXL's size and crop embeddings in ``y`` (SDXL and its distilled
     kin; not the refiner, whose ``y`` ends in an aesthetic score)."""
     return isinstance(model, comfy.model_base.SDXL) and hasattr(model, "embedder")
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device`` for the model's activations, as the host counts them."""
-    return comfy.model_management.get_free_memory(device)
 
 
 @dataclass
