@@ -1,10 +1,11 @@
 """The run state the attention routers read (nodes/attention_router.py), set by sampler wrappers, and the
 prior's capture pass.
 
-- The prior's OUTER_SAMPLE wrapper puts a PriorRun in transformer_options; its CALC_COND_BATCH wrapper, once
-  per step in the step range (at the step's first σ; the step is the run's StepClock, known on the host), runs the UNet on the low-res latent noised to σ with the global prompt
-  (cond only) through ``model._apply_model``: that skips APPLY_MODEL wrappers, so TiledBlendedDiffusion does
-  not tile the capture. The routers see the capture key and record the layers' (RAP).
+- The prior's OUTER_SAMPLE wrapper puts a PriorRun in transformer_options, with the low-res latent and its
+  noise at the capture size. Its CALC_COND_BATCH wrapper, once per step in the step range (at the step's first
+  σ; the step is the run's StepClock, known on the host), runs the UNet on that latent noised to σ with the
+  global prompt (cond only) through ``model._apply_model``: that skips APPLY_MODEL wrappers, so
+  TiledBlendedDiffusion does not tile the capture. The routers see the capture key and record the layers' (RAP).
 - The composer's OUTER_SAMPLE wrapper puts a ComposerRun there. At w = 0 the maps would go unused, so no
   capture pass runs.
 """
