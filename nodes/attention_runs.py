@@ -12,6 +12,7 @@ prior's capture pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -21,9 +22,12 @@ import comfy.samplers
 from ..cupscale.priors.attention_prior import CapturedAttention, capture_latent
 from ..cupscale.priors.composer import ComposerRun, ComposerSettings
 from ..cupscale.priors.structure import check_same_aspect
+from ..cupscale.tiling.grid import region_grid
+from ..cupscale.tiling.multidiffusion import TileBatch
 from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
 from .step_clock import clock_of, run_clock
-from .tiled_sampling import TILES_KEY
+from .tiled_sampling import CONTEXTS_KEY, TILES_KEY, WrappersMP
+from .tiled_sampling import WRAPPER_KEY as TILED_KEY
 from .unet_layers import Layer
 
 TILES_NAME = "TiledBlendedDiffusion's tiles (one region when the latent is not tiled)"
@@ -37,6 +41,7 @@ class PriorRun:
     low: torch.Tensor
     noise: torch.Tensor
     seed: int
+    latent_hw: tuple[int, int] = (0, 0)
     model_kwargs: dict | None = None
     step: int | None = None
     maps: dict[tuple, CapturedAttention] = field(default_factory=dict)
@@ -79,7 +84,8 @@ class AttentionPrior:
                              f"give RegionalAttentionPrior one low-res latent, or one per image of the batch.")
         check_same_aspect(tuple(low.shape[-2:]), tuple(noise.shape[-2:]), "low_res_latent", "RegionalAttentionPrior")
         seed = 0 if seed is None else seed
-        run = PriorRun(*capture_latent(low, low_res_noise(noise, low, seed), self.max_cells), seed=seed)
+        run = PriorRun(*capture_latent(low, low_res_noise(noise, low, seed), self.max_cells), seed=seed,
+                       latent_hw=tuple(noise.shape[-2:]))
         executor.class_obj.model_options.setdefault("transformer_options", {})[PRIOR_KEY] = run
         _, callback = run_clock(executor.class_obj.model_options, sigmas, callback)
         return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
@@ -125,11 +131,35 @@ class AttentionPrior:
 
 @dataclass(frozen=True)
 class Composer:
-    """AttentionComposer's wrapper: a ComposerRun per sampling run."""
+    """AttentionComposer's wrappers: a ComposerRun per sampling run; on a DiT, each cond item's text is its
+    region's prompt (per tile by TiledBlendedDiffusion, for the whole latent by :meth:`apply_model`)."""
 
     settings: ComposerSettings
+    dit: bool = False
 
     def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
         run = ComposerRun(self.settings, TILES_NAME)
-        executor.class_obj.model_options.setdefault("transformer_options", {})[COMPOSER_KEY] = run
+        options = executor.class_obj.model_options.setdefault("transformer_options", {})
+        options[COMPOSER_KEY] = run
+        if self.dit:
+            options[CONTEXTS_KEY] = partial(self.contexts, run)
         return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+
+    @staticmethod
+    def contexts(run: ComposerRun, context: torch.Tensor, tiles: TileBatch | None, labels: list,
+                 latent_hw: tuple[int, int]) -> torch.Tensor:
+        per_chunk = context.shape[0] // len(labels)
+        grid = tiles.grid if tiles is not None else region_grid(*latent_hw, *latent_hw, 0)
+        run.check(grid)
+        regions = [tiles.tile_of_item(i) for i in range(per_chunk)] if tiles is not None else [0] * per_chunk
+        return run.region_contexts(context, labels, regions)
+
+    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                    **kwargs):
+        """Without TiledBlendedDiffusion (which gives each tile its text) the latent is one region."""
+        contexts = transformer_options.get(CONTEXTS_KEY)
+        tiled = TILED_KEY in transformer_options.get("wrappers", {}).get(WrappersMP.APPLY_MODEL, {})
+        if contexts is not None and not tiled and c_crossattn is not None:
+            c_crossattn = contexts(c_crossattn, None, transformer_options.get("cond_or_uncond", [0]),
+                                   tuple(x.shape[-2:]))
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

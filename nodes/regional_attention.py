@@ -19,6 +19,8 @@ from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
 from .attention_runs import AttentionPrior, Composer
 from .inputs import advanced, combos_valid, percent_range_inputs, widget_names
 from .tiled_sampling import latent_ratio
+from .dit_positions import dit_kind
+from .joint_blocks import JointBlockRouter, context_channels, joint_blocks, joint_routers
 from .unet_layers import BLOCKS, RESOLUTIONS, select_layers
 
 WrappersMP = comfy.patcher_extension.WrappersMP
@@ -28,8 +30,7 @@ WrappersMP = comfy.patcher_extension.WrappersMP
 NATIVE_SIDE = {768: 512, 1024: 768, 2048: 1024}
 
 
-def check_context(what: str, channels: int, router: AttentionRouter, fix: str) -> None:
-    expected = router.attn2.to_k.in_features
+def check_context(what: str, channels: int, expected: int, fix: str) -> None:
     if channels != expected:
         raise ValueError(f"{what} has {channels} channels per token but the model's cross-attention takes {expected}: "
                          f"{fix}")
@@ -41,6 +42,15 @@ def check_low_res_latent(samples, channels: int) -> None:
                          f"latent with this model's {channels} channels, e.g. VAE Encode of the low-res image.")
     with widget_names(f="low_res_latent"):
         check_finite(samples, "f")
+
+
+def select_dit_blocks(model, blocks: str) -> list:
+    """A DiT's double blocks (with no module: the dit patch takes the block whole). Its blocks are not
+    split into input, middle and output, so only "all" chooses among them."""
+    if blocks != "all":
+        raise ValueError(f"blocks = {blocks!r}: this model ({dit_kind(model)}) has no input, middle or output "
+                         f"blocks; choose all (its {len(joint_blocks(model))} double blocks).")
+    return [(layer, None) for layer in joint_blocks(model)]
 
 
 class RegionalAttentionPrior(io.ComfyNode):
@@ -87,7 +97,8 @@ class RegionalAttentionPrior(io.ComfyNode):
     @classmethod
     def execute(cls, model, low_res_latent, global_conditioning, blocks, resolutions, start_percent,
                 end_percent, capture_size=0) -> io.NodeOutput:
-        layers = select_layers(model, blocks, resolutions)
+        dit = dit_kind(model) is not None
+        layers = select_dit_blocks(model, blocks) if dit else select_layers(model, blocks, resolutions)
         samples = low_res_latent["samples"]
         check_low_res_latent(samples, model.model.latent_format.latent_channels)
         if len(global_conditioning) != 1:
@@ -95,18 +106,21 @@ class RegionalAttentionPrior(io.ComfyNode):
                              f"the one global prompt (one CLIP Text Encode, not a Conditioning Combine).")
         with widget_names(start="start_percent", end="end_percent"):
             check_percent_range(start_percent, end_percent)
-        layer_routers = [AttentionRouter(layer, module) for layer, module in layers]
-        check_context("global_conditioning", global_conditioning[0][0].shape[-1], layer_routers[0],
-                      "encode the global prompt with this checkpoint's CLIP.")
+        channels = context_channels(model) if dit else layers[0][1].to_k.in_features
+        check_context("global_conditioning", global_conditioning[0][0].shape[-1], channels,
+                      "encode the global prompt with this checkpoint's text encoder.")
         if capture_size < 0 or capture_size % 8:
             raise ValueError(f"capture_size = {capture_size}: 0 (the model's native size) or a multiple of 8 pixels.")
-        side = capture_size or NATIVE_SIDE.get(layer_routers[0].attn2.to_k.in_features, 1024)
+        side = capture_size or (1024 if dit else NATIVE_SIDE.get(channels, 1024))
         prior = AttentionPrior(model.model.latent_format.process_in(samples.float()), global_conditioning,
                                [layer for layer, _ in layers], start_percent, end_percent,
                                (side // latent_ratio(model)) ** 2)
         patched = model.clone()
-        for router in layer_routers:
-            patched.set_model_attn2_replace(router, router.layer.block, router.layer.number, router.layer.index)
+        for layer, module in layers:
+            if dit:
+                patched.set_model_patch_replace(JointBlockRouter(layer), "dit", layer.block, layer.number)
+            else:
+                patched.set_model_attn2_replace(AttentionRouter(layer, module), layer.block, layer.number, layer.index)
         for kind, fn in ((WrappersMP.OUTER_SAMPLE, prior.outer_sample), (WrappersMP.CALC_COND_BATCH, prior.calc_cond_batch)):
             patched.remove_wrappers_with_key(kind, PRIOR_KEY)
             patched.add_wrapper_with_key(kind, PRIOR_KEY, fn)
@@ -153,20 +167,24 @@ class AttentionComposer(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, weight, region_prompts=None, text="") -> io.NodeOutput:
-        layer_routers = routers(model)
-        if not layer_routers:
+        dit = dit_kind(model) is not None
+        if not (joint_routers(model) if dit else routers(model)):
             raise ValueError("AttentionComposer needs RegionalAttentionPrior before it: connect MODEL -> "
                              "RegionalAttentionPrior -> AttentionComposer (it composes in the layers the prior patches).")
         if not 0 <= weight <= 1:
             raise ValueError(f"weight = {weight} must lie in [0, 1].")
         texts = region_texts(region_prompts, text)
         encoded = {prompt: clip.encode_from_tokens(clip.tokenize(prompt)) for prompt in dict.fromkeys(texts.prompts)}
-        check_context("The CLIP's text embedding", next(iter(encoded.values())).shape[-1], layer_routers[0],
-                      "connect the CLIP of the model's checkpoint.")
-        composer = Composer(ComposerSettings(weight, texts, tuple(encoded[p] for p in texts.prompts)))
+        channels = context_channels(model) if dit else routers(model)[0].attn2.to_k.in_features
+        check_context("The CLIP's text embedding", next(iter(encoded.values())).shape[-1], channels,
+                      "connect the text encoder of the model's checkpoint.")
+        composer = Composer(ComposerSettings(weight, texts, tuple(encoded[p] for p in texts.prompts)), dit)
         patched = model.clone()
-        patched.remove_wrappers_with_key(WrappersMP.OUTER_SAMPLE, COMPOSER_KEY)
-        patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, COMPOSER_KEY, composer.outer_sample)
+        wrappers = [(WrappersMP.OUTER_SAMPLE, composer.outer_sample)]
+        wrappers += [(WrappersMP.APPLY_MODEL, composer.apply_model)] if dit else []
+        for kind, fn in wrappers:
+            patched.remove_wrappers_with_key(kind, COMPOSER_KEY)
+            patched.add_wrapper_with_key(kind, COMPOSER_KEY, fn)
         return io.NodeOutput(patched)
 
 

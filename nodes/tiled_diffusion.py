@@ -6,8 +6,19 @@ from comfy_api.latest import io
 
 from ..cupscale.guards import check_finite
 from ..cupscale.tiling.grid import check_tile_settings
+from .dit_positions import add_position_patches, dit_kind, patch_cells
 from .inputs import advanced, tile_inputs, widget_names
 from .tiled_sampling import WRAPPER_KEY, TiledDiffusion, WrappersMP, has_sdxl_crops, latent_ratio
+
+
+def check_patch_multiples(model, ratio: int, **sizes: int) -> None:
+    """A DiT's tiles and overlap must be whole patches (16 px for 2x2 patches on an x8 VAE), so that every tile
+    is cut into the same patches as the whole image."""
+    step = patch_cells(model) * ratio
+    for name, value in sizes.items():
+        if value % step:
+            raise ValueError(f"{name} = {value}: this model ({dit_kind(model)}) works on patches of {step} pixels; "
+                             f"use a multiple of {step} (e.g. {max(step, round(value / step) * step)}).")
 
 
 class TiledBlendedDiffusion(io.ComfyNode):
@@ -23,7 +34,8 @@ class TiledBlendedDiffusion(io.ComfyNode):
                          "them with feathered weights (MultiDiffusion). Tiles larger than the latent are clamped "
                          "to it. With a mask, the area outside it stays the sampled latent (blended diffusion); "
                          "background_lowpass > 0 keeps only its low frequencies there (Multi-Stage Blended "
-                         "Diffusion). On SDXL each tile is conditioned as a crop of the whole image."),
+                         "Diffusion). On SDXL each tile is conditioned as a crop of the whole image; on Flux, SD3 and "
+                         "Qwen-Image each tile is positioned where it lies in the whole image."),
             inputs=[
                 io.Model.Input("model"),
                 *tile_inputs("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
@@ -40,13 +52,18 @@ class TiledBlendedDiffusion(io.ComfyNode):
                                                   "(crop top/left = the tile's offset in pixels; original and "
                                                   "target size stay the image's). Off: every tile gets the "
                                                   "conditioning's own crop. Other models ignore it.")),
+                advanced(io.Boolean.Input("dit_tile_positions", default=True, optional=True,
+                                          tooltip="Flux, SD3, Qwen-Image: each tile's positional embedding is "
+                                                  "that of its place in the whole image, so neighbouring tiles "
+                                                  "agree where things are. Off: every tile is positioned as an "
+                                                  "image of its own. UNets ignore it.")),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
     def execute(cls, model, tile_width, tile_height, overlap, tiles_per_batch, mask=None,
-                background_lowpass=0.0, sdxl_crop_conditioning=True) -> io.NodeOutput:
+                background_lowpass=0.0, sdxl_crop_conditioning=True, dit_tile_positions=True) -> io.NodeOutput:
         with widget_names():
             check_tile_settings(tile_width, tile_height, overlap)
         if mask is not None:
@@ -57,10 +74,14 @@ class TiledBlendedDiffusion(io.ComfyNode):
         if background_lowpass < 0:
             raise ValueError(f"background_lowpass = {background_lowpass} must be 0 (off) or a positive sigma.")
         ratio = latent_ratio(model)
+        check_patch_multiples(model, ratio, tile_width=tile_width, tile_height=tile_height, overlap=overlap)
         crops = ratio if sdxl_crop_conditioning and has_sdxl_crops(model.model) else None
+        places = patch_cells(model) if dit_tile_positions and dit_kind(model) else None
         patch = TiledDiffusion(tile_height // ratio, tile_width // ratio, overlap // ratio, tiles_per_batch,
-                               mask, background_lowpass, crops)
+                               mask, background_lowpass, crops, places)
         patched = model.clone()
+        if places:
+            add_position_patches(patched)
         for kind, fn in ((WrappersMP.OUTER_SAMPLE, patch.outer_sample),
                          (WrappersMP.CALC_COND_BATCH, patch.calc_cond_batch),
                          (WrappersMP.APPLY_MODEL, patch.apply_model)):

@@ -7,7 +7,8 @@ Three wrappers on a clone of the model (core: cupscale.tiling.multidiffusion.run
 - APPLY_MODEL runs each evaluation as tile batches through the core's loop; the node's part of each
   batch is the host's: conditioning and hint crops, interruption, the progress bar. The tiles being
   run are published as ``transformer_options["cupscale_tiles"]`` (a TileBatch). On SDXL each tile's
-  ``y`` says where the tile lies in the image (cupscale.tiling.micro_conditioning).
+  ``y`` says where the tile lies in the image (cupscale.tiling.micro_conditioning); on a DiT its positional
+  embeddings do (nodes/dit_positions.py).
 """
 from __future__ import annotations
 
@@ -22,16 +23,19 @@ import comfy.utils
 
 from ..cupscale.lru import LRU, env_limit
 from ..cupscale.schedule import StepClock
-from ..cupscale.tiling import blended, micro_conditioning
+from ..cupscale.tiling import blended, micro_conditioning, positions
 from ..cupscale.tiling.grid import RegionGrid, region_grid
 from ..cupscale.tiling.multidiffusion import (TileBatch, auto_batch_size, repeat_per_tile, run_tiles, tile_value,
                                               tile_weights)
 from .control_tiling import ControlRequest, TiledHints, defer_controls
+from .dit_positions import ACTIVE, TilePlace
 from .host_services import free_memory
 from .inputs import widget_names
 from .step_clock import run_clock
 
 TILES_KEY = "cupscale_tiles"
+CONTEXTS_KEY = "cupscale_tile_contexts"
+"""Set by AttentionComposer on a DiT: (context, tiles or None, labels, latent hw) -> each item's text."""
 RUN_KEY = "cupscale_tiled_run"
 WRAPPER_KEY = "cupscale.tiled_diffusion"
 GRIDS_VAR = "CUPSCALE_TILE_GRIDS"
@@ -75,13 +79,17 @@ class TiledDiffusion:
     """The patch: tiling settings plus the wrappers that apply them."""
 
     def __init__(self, tile_height: int, tile_width: int, overlap: int, tiles_per_batch: int,
-                 mask: torch.Tensor | None, lowpass_sigma: float, crop_pixels_per_cell: int | None = None):
+                 mask: torch.Tensor | None, lowpass_sigma: float, crop_pixels_per_cell: int | None = None,
+                 position_patch: int | None = None):
         self.tile_height, self.tile_width, self.overlap = tile_height, tile_width, overlap
         self.tiles_per_batch = tiles_per_batch
         self.mask = mask
         self.lowpass_sigma = lowpass_sigma
         # Pixels per latent cell when each SDXL tile is conditioned as a crop; None: tiles keep ``y`` as it is.
         self.crop_pixels_per_cell = crop_pixels_per_cell
+        # Latent cells per DiT patch when each tile's positions are its place in the image; None: the model's own.
+        self.position_patch = position_patch
+        self.places: LRU[TilePlace] = LRU("tile positions", env_limit(GRIDS_VAR, 8) * 64)
         self.grids: LRU[tuple[RegionGrid, torch.Tensor]] = LRU("tile grids", env_limit(GRIDS_VAR, 8))
         self.crops: LRU[torch.Tensor] = LRU("tile crop embeddings", env_limit(GRIDS_VAR, 8))
 
@@ -139,7 +147,11 @@ class TiledDiffusion:
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         grid, weights = self.grid(tuple(x.shape[-2:]), x)
+        labels = transformer_options.get("cond_or_uncond", [0])
+        contexts = transformer_options.get(CONTEXTS_KEY)
         if len(grid) == 1:
+            if contexts is not None:
+                c_crossattn = contexts(c_crossattn, None, labels, tuple(x.shape[-2:]))
             if isinstance(control, ControlRequest):
                 control = control.evaluate(x, t, control.cond, transformer_options)
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -164,12 +176,32 @@ class TiledDiffusion:
                 control_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in control.cond.items()}
                 tile_control = hints.evaluate(control, batch, tile_x, tile_t, control_cond, options)
             c_cat, c_cross = tile_cond.pop("c_concat"), tile_cond.pop("c_crossattn")
-            return executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
+            if contexts is not None:
+                c_cross = contexts(c_cross, batch, labels, tuple(x.shape[-2:]))
+            token = ACTIVE.set(self.place(batch, tuple(x.shape[-2:]))) if self.position_patch else None
+            try:
+                return executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
+            finally:
+                if token is not None:
+                    ACTIVE.reset(token)
 
         report = None if run is None else run.report
         batch_size = self.batch_size(executor.class_obj, x, grid, chunks, run)
         return run_tiles(x, grid, weights, batch_size, evaluate, chunks=chunks,
                          tiles=self.tiles_to_run(grid, run), report=report)
+
+    def place(self, batch: TileBatch, hw: tuple[int, int]) -> TilePlace:
+        """Where the tiles of ``batch`` lie, in patches; kept per grid and batch, so the offsets reach the
+        device once."""
+        key = (hw, batch.indices, batch.chunks, batch.images)
+        found = self.places.get(key)
+        if found is None:
+            p = self.position_patch
+            patches = lambda cells: -(-cells // p)  # noqa: E731  (the models pad to whole patches)
+            found = self.places.put(key, TilePlace(positions.tile_origins(batch, p),
+                                                   (patches(batch.grid.tile_height), patches(batch.grid.tile_width)),
+                                                   (patches(hw[0]), patches(hw[1]))))
+        return found
 
     def batch_size(self, model, x: torch.Tensor, grid: RegionGrid, chunks: int, run: TiledRun | None) -> int:
         """tiles_per_batch, or for 0 (auto) the most tiles whose model memory fits in the device's free memory,

@@ -15,16 +15,21 @@ positive (cond) branch is composed: the negative keeps its own attention, so CFG
 negative as without the composer.
 
 The region prompts are encoded once and projected at sampling time by each layer's own to_k / to_v, as
-loaded for that run, so weight patches (LoRAs) apply to them as to the global prompt.
+loaded for that run, so weight patches (LoRAs) apply to them as to the global prompt. A DiT's text is not
+projected once but transformed by every block beside the image, so there each tile runs with its region's
+prompt as its text (:meth:`ComposerRun.region_contexts`) and w scales the prior's term
+(cupscale.priors.joint_attention).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..errors import RunError
 from ..lru import LRU, env_limit
 from ..tiling.grid import RegionGrid, check_same_grid
 from ..captioning.region_prompts import RegionPrompts, from_json
@@ -127,6 +132,7 @@ class ComposerRun:
     tiles: str
     projected: LRU = field(default_factory=projected_keys_cache)
     checked: set[tuple] = field(default_factory=set)
+    moved: dict = field(default_factory=dict)
 
     def check(self, grid: RegionGrid) -> None:
         """The prompts against the grid the regions are sampled on, once per grid."""
@@ -143,3 +149,26 @@ class ComposerRun:
             embedding = self.settings.embeddings[prompt].to(like.device, like.dtype)
             found = self.projected.put((layer, prompt), (attn2.to_k(embedding), attn2.to_v(embedding)))
         return found
+
+    def region_contexts(self, context: torch.Tensor, labels: Sequence[int], regions: Sequence[int]) -> torch.Tensor:
+        """For a DiT, whose text runs through every block beside the image: ``context`` (chunks x items,
+        tokens, channels) with each cond item's text replaced by its region's prompt (``regions``: the region
+        of each item of a chunk). Embeddings reach the device once per run. Texts of other lengths are
+        repeated to a common length, as the host batches prompts of different lengths."""
+        key = (context.device, context.dtype)
+        if key not in self.moved:
+            self.moved[key] = tuple(e.to(context) for e in self.settings.embeddings)
+        embeddings = self.moved[key]
+        per_chunk = context.shape[0] // len(labels)
+        chunks = []
+        for c, label in enumerate(labels):
+            if label == 0:
+                chunks += [embeddings[self.settings.texts.prompt_index(r)][:1] for r in regions]
+            else:
+                chunks.append(context[c * per_chunk:(c + 1) * per_chunk])
+        length = math.lcm(*(t.shape[1] for t in chunks))
+        if length > 4 * max(t.shape[1] for t in chunks):
+            raise RunError(f"{self.tiles}' region prompts and the sampler's prompts encode to "
+                           f"{sorted({t.shape[1] for t in chunks})} tokens, which cannot be batched: write prompts "
+                           f"of equal token counts (Flux pads every prompt under 256 T5 tokens to 256).")
+        return torch.cat([t.repeat(1, length // t.shape[1], 1) for t in chunks])

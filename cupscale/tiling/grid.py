@@ -70,17 +70,30 @@ def region_count(height: int, width: int, tile_height: int, tile_width: int, ove
     return tile_count(height, th, min(overlap, th - 1)) * tile_count(width, tw, min(overlap, tw - 1))
 
 
+PATCH_CELLS = 2
+"""Latent cells per patch of the DiT models (2x2 patches: Flux, SD3, Qwen-Image)."""
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of equal tiles spread evenly over ``length`` with at least ``overlap`` shared.
 
     The last tile ends exactly at ``length``; spreading the slack evenly keeps every overlap at
-    least the requested one, so the feathered seams all have room.
+    least the requested one, so the feathered seams all have room. When tile and overlap are whole
+    patches (:data:`PATCH_CELLS`), the other starts are too: a DiT then cuts each tile into the same
+    patches as the whole image, so positions and merged predictions line up (a UNet tile moves by at
+    most one cell). Starts stay unaligned where aligning would shrink an overlap.
     """
     count = tile_count(length, tile, overlap)
     if count == 1:
         return [0]
     stride = (length - tile) / (count - 1)
-    return [round(i * stride) for i in range(count)]
+    plain = [round(i * stride) for i in range(count)]
+    if tile % PATCH_CELLS or overlap % PATCH_CELLS:
+        return plain
+    aligned = [round(i * stride / PATCH_CELLS) * PATCH_CELLS for i in range(count - 1)] + [length - tile]
+    if any(b - a > tile - overlap or b <= a for a, b in zip(aligned, aligned[1:])):
+        return plain
+    return aligned
 
 
 def region_grid(height: int, width: int, tile_height: int, tile_width: int, overlap: int) -> RegionGrid:

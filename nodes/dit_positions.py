@@ -1,0 +1,106 @@
+"""Which DiT a MODEL holds, and the object patches that give each of its tiles its place in the whole image
+(core: cupscale.tiling.positions).
+
+The models build their positions inside forward, where no hook reaches: Flux and Qwen-Image in
+``process_img`` (RoPE ids), SD3 in ``cropped_pos_embed`` (its learned table). TiledBlendedDiffusion patches
+those functions on its clone (``add_object_patch``: the host sets them while that clone is loaded and puts
+the originals back after) with callables that, inside a tile evaluation, move the ids or table crops to the
+tiles' places. The tile evaluation says which tiles run through :data:`ACTIVE`, set around the model call;
+any other call (plain sampling, the prior's capture pass, reference latents) gets the model's own positions.
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+
+from comfy.ldm.flux.model import Flux
+from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+from ..cupscale.tiling.positions import centred_shift, id_offsets, table_crops
+
+KINDS = {Flux: "flux", MMDiT: "sd3", QwenImageTransformer2DModel: "qwen_image"}
+"""The DiT families the pack tiles, by their ComfyUI class (subclasses such as Flux Kontext included)."""
+
+
+def dit_kind(model_patcher) -> str | None:
+    """"flux", "sd3" or "qwen_image" for a MODEL of those families; None for UNets and others."""
+    net = model_patcher.model.diffusion_model
+    return next((kind for cls, kind in KINDS.items() if isinstance(net, cls)), None)
+
+
+def patch_cells(model_patcher) -> int:
+    """Latent cells per patch side: 2 for the DiTs here, 1 for a UNet (its tiles need no alignment)."""
+    net = model_patcher.model.diffusion_model
+    if dit_kind(model_patcher) == "sd3":
+        return net.x_embedder.patch_size[0]
+    return getattr(net, "patch_size", 1) if dit_kind(model_patcher) else 1
+
+
+@dataclass
+class TilePlace:
+    """The tiles of one evaluation: each item's tile origin and the sizes, in patches; device copies of the
+    id offsets made once per place (a copy from the host at every call would wait for the device)."""
+
+    origins: tuple[tuple[int, int], ...]
+    tile_hw: tuple[int, int]
+    whole_hw: tuple[int, int]
+    moved: dict = field(default_factory=dict)
+
+    def offsets(self, like: torch.Tensor, centred: bool) -> torch.Tensor:
+        key = (like.device, like.dtype, centred)
+        if key not in self.moved:
+            shift = centred_shift(self.tile_hw, self.whole_hw) if centred else (0, 0)
+            self.moved[key] = id_offsets(self.origins, shift).to(like)
+        return self.moved[key]
+
+
+ACTIVE: ContextVar[TilePlace | None] = ContextVar("cupscale_tile_place", default=None)
+
+
+class RopeIds:
+    """Over ``process_img`` (Flux; Qwen-Image, whose ids are centred): the main image's ids moved to the
+    tiles' places. Reference latents (a non-zero index or offset) keep theirs."""
+
+    def __init__(self, original, centred: bool):
+        self.original, self.centred = original, centred
+
+    def __call__(self, x, index=0, h_offset=0, w_offset=0):
+        out = self.original(x, index=index, h_offset=h_offset, w_offset=w_offset)
+        place = ACTIVE.get()
+        if place is None or index or h_offset or w_offset or out[1].shape[0] != len(place.origins):
+            return out
+        return (out[0], out[1] + place.offsets(out[1], self.centred), *out[2:])
+
+
+class TableCrops:
+    """Over SD3's ``cropped_pos_embed``: each tile's crop of the table where the whole image's crop holds it.
+    An image larger than the table (over 3072 px for SD3.5) has no such crop: the tiles keep their own."""
+
+    def __init__(self, original, net):
+        self.original, self.net = original, net
+
+    def __call__(self, hw, device=None):
+        place = ACTIVE.get()
+        table = self.net.pos_embed
+        if place is not None and table is not None:
+            crops = table_crops(table, place.tile_hw, place.whole_hw, place.origins)
+            if crops is not None:
+                return crops.to(device) if device is not None else crops
+        return self.original(hw, device=device)
+
+
+def add_position_patches(model_patcher) -> None:
+    """Patch ``model_patcher`` (a clone) so its tiles carry their place; a no-op for models without one."""
+    kind = dit_kind(model_patcher)
+    if kind in ("flux", "qwen_image"):
+        original = model_patcher.get_model_object("diffusion_model.process_img")
+        if not isinstance(original, RopeIds):
+            model_patcher.add_object_patch("diffusion_model.process_img", RopeIds(original, kind == "qwen_image"))
+    elif kind == "sd3":
+        original = model_patcher.get_model_object("diffusion_model.cropped_pos_embed")
+        if not isinstance(original, TableCrops):
+            model_patcher.add_object_patch("diffusion_model.cropped_pos_embed",
+                                           TableCrops(original, model_patcher.model.diffusion_model))
