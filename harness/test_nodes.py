@@ -8,7 +8,8 @@ from harness import tiny_models
 
 
 class TinyCheckpointLoader:
-    """MODEL, CLIP, VAE from seeded tiny models: for running shipped workflows without weights."""
+    """MODEL, CLIP, VAE from seeded tiny models: for running shipped workflows without weights. Every kind shares
+    the tiny CLIP (the DiTs read its widths); the VAE is the kind's own (tiny_models.tiny_vae)."""
 
     CATEGORY = "cupscale/testing"
     FUNCTION = "load"
@@ -16,10 +17,10 @@ class TinyCheckpointLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"kind": (["sd15", "sdxl"],), "seed": ("INT", {"default": 0})}}
+        return {"required": {"kind": (list(tiny_models.MODELS),), "seed": ("INT", {"default": 0})}}
 
     def load(self, kind, seed):
-        return tiny_models.tiny_model(kind, seed), tiny_models.tiny_clip(seed), tiny_models.tiny_vae(seed)
+        return tiny_models.tiny_model(kind, seed), tiny_models.tiny_clip(seed), tiny_models.tiny_vae(seed, kind)
 
 
 CAPTURED: dict[str, object] = {}

@@ -1,16 +1,24 @@
 """Tiny real diffusion models built through ComfyUI's own classes, with seeded weights.
 
-SD1.5- and SDXL-shaped UNets (the real layouts at a few channels), a CLIP text encoder with the
-real tokenizer, and an SD-style VAE. ComfyUI skips weight init, so every parameter is filled
-from a seeded generator; the same seed gives the same model in every process.
+SD1.5- and SDXL-shaped UNets and Flux (dev), SD3.5 and Qwen-Image DiTs (the real layouts at a few
+channels), a CLIP text encoder with the real tokenizer, and the VAEs their latent formats expect.
+ComfyUI skips weight init, so every parameter is filled from a seeded generator; the same seed
+gives the same model in every process.
+
+The DiTs read text of width CONTEXT_DIM and a pooled vector of width POOLED_DIM, the tiny CLIP's
+own widths, so that CLIPTextEncode's output feeds any kind directly (the real ones take T5 or
+Qwen2.5-VL text and a CLIP-L/G pooled vector; only the widths differ).
 """
 from __future__ import annotations
 
 import functools
 import math
+from unittest import mock
 
 import torch
 
+import comfy.ldm.modules.diffusionmodules.mmdit
+import comfy.ldm.wan.vae
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
@@ -35,6 +43,23 @@ UNET = {
              "use_spatial_transformer": True, "legacy": False, "use_linear_in_transformer": True,
              "num_classes": "sequential", "adm_in_channels": POOLED_DIM + 6 * 256,
              "use_temporal_attention": False, "use_temporal_resblock": False},
+    # The DiTs (ComfyUI calls their configs unet_config too). Patch size 2 over 16 latent channels, as the real
+    # ones; rope axes and head widths scaled down in the real proportions ([16, 56, 56] of 128 per head).
+    "flux": {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2,
+             "context_in_dim": CONTEXT_DIM, "vec_in_dim": POOLED_DIM, "hidden_size": 64, "num_heads": 2,
+             "mlp_ratio": 4.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [4, 14, 14], "theta": 10000,
+             "qkv_bias": True, "guidance_embed": True},
+    # MMDiT fixes 64 channels per head and one head per unit of depth: depth 2 is 2 heads, width 128. The
+    # position table covers 32x32 patches (a 64x64 latent) and is cropped to the latent, as in SD3.5.
+    "sd3": {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
+            "adm_in_channels": POOLED_DIM, "pos_embed_max_size": 32, "num_patches": 32 * 32,
+            "context_embedder_config": {"target": "torch.nn.Linear",
+                                        "params": {"in_features": CONTEXT_DIM, "out_features": 2 * 64}},
+            "qk_norm": "rms", "pos_embed_scaling_factor": None, "x_block_self_attn_layers": []},
+    # in_channels counts the packed 2x2 patch: 16 latent channels x 4.
+    "qwen_image": {"image_model": "qwen_image", "in_channels": 16 * 2 * 2, "out_channels": 16, "patch_size": 2,
+                   "joint_attention_dim": CONTEXT_DIM, "num_attention_heads": 2, "attention_head_dim": 32,
+                   "num_layers": 2, "axes_dims_rope": [4, 14, 14]},
 }
 
 CLIP_CONFIG = {"architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
@@ -44,9 +69,16 @@ CLIP_CONFIG = {"architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bo
                "num_attention_heads": 2, "num_hidden_layers": 2, "pad_token_id": 1,
                "projection_dim": POOLED_DIM, "torch_dtype": "float32", "vocab_size": 49408}
 
-VAE_CONFIG = {"params": {"embed_dim": 4, "ddconfig": {
-    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
-    "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+
+def kl_vae_config(channels: int) -> dict:
+    """An SD-style KL VAE (x8 down) with ``channels`` latent channels: 4 for SD, 16 for Flux and SD3."""
+    return {"params": {"embed_dim": channels, "ddconfig": {
+        "double_z": True, "z_channels": channels, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+        "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
+
+
+VAE_CONFIG = kl_vae_config(4)
+WAN_VAE_DIM = 8  # the Wan 2.1 VAE's base width; ComfyUI builds it at 96
 
 
 class TinySD15(comfy.supported_models.SD15):
@@ -59,15 +91,41 @@ class TinySDXL(comfy.supported_models.SDXL):
     unet_extra_config = {}
 
 
+class TinyFlux(comfy.supported_models.Flux):
+    unet_config = UNET["flux"]
+    unet_extra_config = {}
+
+
+class TinySD3(comfy.supported_models.SD3):
+    unet_config = UNET["sd3"]
+    unet_extra_config = {}
+
+
+class TinyQwenImage(comfy.supported_models.QwenImage):
+    unet_config = UNET["qwen_image"]
+    unet_extra_config = {}
+
+
+MODELS = {"sd15": TinySD15, "sdxl": TinySDXL, "flux": TinyFlux, "sd3": TinySD3, "qwen_image": TinyQwenImage}
+
+
+def is_norm_gain(name: str, p: torch.nn.Parameter) -> bool:
+    """A norm's gain: LayerNorm and GroupNorm weights, CLIP's ln_1/ln_2, the RMSNorm gains of Flux's
+    QK norms (``scale``), SD3's (``ln_q``/``ln_k``) and the Wan VAE's (``gamma``, shaped (C, 1, 1, 1))."""
+    module, _, leaf = name.rpartition(".")
+    if leaf == "gamma":
+        return True
+    named_norm = "norm" in name or module.rsplit(".", 1)[-1] in ("ln_1", "ln_2", "ln_q", "ln_k")
+    return p.ndim == 1 and named_norm and leaf in ("weight", "scale")
+
+
 def seeded_fill(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Fill every parameter: norms 1, biases 0, weights ~ N(0, 1/fan_in) from ``seed``."""
+    """Fill every parameter: norm gains 1, biases 0, weights ~ N(0, 1/fan_in) from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if p.ndim == 0:
+            if p.ndim == 0 or is_norm_gain(name, p):
                 p.fill_(1.0)
-            elif p.ndim == 1 and ("norm" in name or name.endswith("ln_1.weight") or name.endswith("ln_2.weight")):
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
             elif name.endswith("bias"):
                 p.zero_()
             else:
@@ -76,13 +134,24 @@ def seeded_fill(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+def fill_position_table(net: torch.nn.Module) -> None:
+    """SD3 keeps its patch positions in a buffer that checkpoints fill and ComfyUI allocates empty: put in the
+    fixed 2D sin-cos table (ComfyUI's own) over the largest grid, which the model crops to the latent."""
+    side = net.pos_embed_max_size
+    table = comfy.ldm.modules.diffusionmodules.mmdit.get_2d_sincos_pos_embed_torch(net.hidden_size, side, side)
+    with torch.no_grad():
+        net.pos_embed.copy_(table[None])
+
+
 def tiny_model(kind: str = "sd15", seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
-    """A MODEL as CheckpointLoader gives it: BaseModel (or SDXL) in a ModelPatcher, running in ``dtype``
-    (the same weights, rounded, for bfloat16 or float16)."""
-    config = {"sd15": TinySD15, "sdxl": TinySDXL}[kind](dict(UNET[kind]))
+    """A MODEL as CheckpointLoader gives it: ComfyUI's BaseModel, SDXL, Flux, SD3 or QwenImage in a
+    ModelPatcher, running in ``dtype`` (the same weights, rounded, for bfloat16 or float16)."""
+    config = MODELS[kind](dict(UNET[kind]))
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device="cpu")
     seeded_fill(model.diffusion_model, seed)
+    if kind == "sd3":
+        fill_position_table(model.diffusion_model)
     device = comfy.model_management.get_torch_device()
     return comfy.model_patcher.ModelPatcher(model, load_device=device,
                                             offload_device=comfy.model_management.unet_offload_device())
@@ -99,17 +168,57 @@ def tiny_clip(seed: int = 0) -> comfy.sd.CLIP:
     return clip
 
 
-def tiny_vae(seed: int = 0) -> comfy.sd.VAE:
-    """An SD-style KL VAE (x8 down, 4 latent channels) with 32 channels (GroupNorm needs 32)."""
+def latent_channels(kind: str) -> int:
+    return 4 if kind in ("sd15", "sdxl") else 16
+
+
+def latent_shape(kind: str, batch: int, height: int, width: int) -> tuple[int, ...]:
+    """The shape of ``kind``'s latent of height x width cells as its VAE encodes it: (b, c, h, w), and for
+    Qwen-Image, whose VAE is Wan 2.1's video VAE, (b, 16, 1, h, w): one frame."""
+    frames = (1,) if kind == "qwen_image" else ()
+    return (batch, latent_channels(kind), *frames, height, width)
+
+
+def tiny_vae(seed: int = 0, kind: str = "sd15") -> comfy.sd.VAE:
+    """The VAE of ``kind``: an SD-style KL VAE (x8 down, 32 channels since GroupNorm needs 32) with 4 latent
+    channels for SD, 16 for Flux and SD3; for Qwen-Image a narrow Wan 2.1 VAE (``tiny_wan_vae``)."""
+    if kind == "qwen_image":
+        return tiny_wan_vae(seed)
     from comfy.ldm.models.autoencoder import AutoencoderKL
-    sd = seeded_fill(AutoencoderKL(**VAE_CONFIG["params"]), seed).state_dict()
-    return comfy.sd.VAE(sd=sd, config=VAE_CONFIG, dtype=torch.float32)
+    config = kl_vae_config(latent_channels(kind))
+    sd = seeded_fill(AutoencoderKL(**config["params"]), seed).state_dict()
+    vae = comfy.sd.VAE(sd=sd, config=config, dtype=torch.float32)
+    # Given a config, ComfyUI keeps its default of 4 latent channels (it reads the count from the weights only
+    # when it detects the VAE itself), and VAEEncodeTiled sizes its output by it.
+    vae.latent_channels = config["params"]["ddconfig"]["z_channels"]
+    return vae
+
+
+def tiny_wan_vae(seed: int = 0) -> comfy.sd.VAE:
+    """Qwen-Image's VAE: ComfyUI's Wan 2.1 VAE, WAN_VAE_DIM wide, on the host's own Wan branch.
+
+    Why not the 16-channel KL VAE: Qwen-Image's latents are 5-D, (b, 16, 1, h, w). The model unpacks
+    ``b, c, t, h, w = x.shape`` and its Wan21 latent format normalises with (1, 16, 1, 1, 1) statistics;
+    KSampler lifts a 4-D latent to 5-D, but VAEDecode(Tiled) then hands 5-D latents to a 2-D decoder. So the
+    VAE must be the video VAE, whose 5-D in and out the whole graph (encode, sample, decode) agrees on.
+
+    ComfyUI recognises the Wan 2.1 VAE by its keys and builds it 96 wide; the constructor is narrowed for
+    the call, and every other setting (3-D latents, x8 scale, tiling formulas) is the host's."""
+    real = comfy.ldm.wan.vae.WanVAE
+    narrow = {"dim": WAN_VAE_DIM, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+              "temperal_downsample": [False, True, True], "dropout": 0.0}
+    sd = seeded_fill(real(**narrow), seed).state_dict()
+    with mock.patch.object(comfy.ldm.wan.vae, "WanVAE", lambda **config: real(**{**config, "dim": WAN_VAE_DIM})):
+        return comfy.sd.VAE(sd=sd, dtype=torch.float32)
 
 
 def conditioning(kind: str, seed: int, tokens: int = 77, batch: int = 1) -> list:
-    """CONDITIONING as CLIPTextEncode gives it, drawn from ``seed`` (pooled output for SDXL)."""
+    """CONDITIONING as CLIPTextEncode gives it, drawn from ``seed``: a pooled output for SDXL, SD3 and Flux,
+    and for Flux the guidance FluxGuidance sets (3.5, its default). Qwen-Image reads the text alone."""
     g = torch.Generator().manual_seed(seed)
-    extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=g)} if kind == "sdxl" else {}
+    extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=g)} if kind in ("sdxl", "sd3", "flux") else {}
+    if kind == "flux":
+        extra["guidance"] = 3.5
     return [[torch.randn(batch, tokens, CONTEXT_DIM, generator=g), extra]]
 
 
