@@ -112,8 +112,11 @@ WORK = 32  # working latent side
 REF = 13   # reference side: a x2.46 upscale
 
 
-def reference_latent(batch: int = 1, side: int = REF, seed: int = 7) -> dict:
-    return {"samples": torch.randn(batch, 4, side, side, generator=torch.Generator().manual_seed(seed))}
+def reference_latent(batch: int = 1, side: int = REF, seed: int = 7, kind: str = "sd15") -> dict:
+    """A random low-resolution LATENT shaped as the VAE of model ``kind`` gives it."""
+    from harness.tiny_models import latent_shape
+    g = torch.Generator().manual_seed(seed)
+    return {"samples": torch.randn(latent_shape(kind, batch, side, side), generator=g)}
 
 
 def guided(pack_node, model, reference, kind="fft", strength=1.0, start=0.0, end=1.0, decay="constant"):
@@ -131,8 +134,8 @@ def recording(model, store: list):
 def sample(tiny, model, kind="sd15", batch=1, steps=4, seed=0, denoised=None):
     import comfy.sample
     g = torch.Generator().manual_seed(seed)
-    latent = torch.randn(batch, 4, WORK, WORK, generator=g)
-    noise = torch.randn(batch, 4, WORK, WORK, generator=g)
+    shape = tiny.latent_shape(kind, batch, WORK, WORK)
+    latent, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     callback = None if denoised is None else (lambda i, x0, x, total: denoised.append(x0.clone()))
     return comfy.sample.sample(model, noise, steps, 2.0, "euler", "normal", tiny.conditioning(kind, 1),
                                tiny.conditioning(kind, 2), latent, denoise=0.75, callback=callback,
