@@ -74,7 +74,8 @@ class JointBlockRouter:
         split = not rest.get("skip_reshape", False)
         if q.shape[1 if split else -2] != text + image:
             return func(*args, **kwargs)  # not the joint call (SD3.5's image-only attention)
-        q4, k4, v4 = ((t.unflatten(-1, (heads, -1)).transpose(1, 2) if split else t) for t in (q, k, v))
+        # (batch, tokens, heads·d), or heads apart already (SD3's values); (batch, heads, tokens, d) when skipped
+        q4, k4, v4 = ((t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) if split else t) for t in (q, k, v))
         rest.update(skip_reshape=True, skip_output_reshape=True)
         attend = lambda a, b, c: func(a, b, c, heads, **rest)  # noqa: E731
         out = self.process(q4, k4, v4, attend, options, text, image)

@@ -13,6 +13,7 @@ from comfy_api.latest import io
 
 from ..cupscale.captioning.region_prompts import TYPE_NAME as REGION_PROMPTS
 from ..cupscale.guards import check_finite
+from ..cupscale.latents import layout
 from ..cupscale.priors.composer import ComposerSettings, RegionTexts, from_region_prompts, parse_region_text
 from ..cupscale.schedule import check_percent_range
 from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
@@ -36,10 +37,11 @@ def check_context(what: str, channels: int, expected: int, fix: str) -> None:
                          f"{fix}")
 
 
-def check_low_res_latent(samples, channels: int) -> None:
-    if samples.ndim != 4 or samples.numel() == 0 or samples.shape[1] != channels:
+def check_low_res_latent(samples, channels: int, ndim: int = 4) -> None:
+    if samples.ndim != ndim or samples.numel() == 0 or samples.shape[1] != channels:
         raise ValueError(f"low_res_latent has shape {tuple(samples.shape)}: RegionalAttentionPrior needs an image "
-                         f"latent with this model's {channels} channels, e.g. VAE Encode of the low-res image.")
+                         f"latent {layout(ndim)} with this model's {channels} channels, e.g. VAE Encode of the "
+                         f"low-res image.")
     with widget_names(f="low_res_latent"):
         check_finite(samples, "f")
 
@@ -100,7 +102,8 @@ class RegionalAttentionPrior(io.ComfyNode):
         dit = dit_kind(model) is not None
         layers = select_dit_blocks(model, blocks) if dit else select_layers(model, blocks, resolutions)
         samples = low_res_latent["samples"]
-        check_low_res_latent(samples, model.model.latent_format.latent_channels)
+        latent_format = model.model.latent_format
+        check_low_res_latent(samples, latent_format.latent_channels, latent_format.latent_dimensions + 2)
         if len(global_conditioning) != 1:
             raise ValueError(f"global_conditioning holds {len(global_conditioning)} prompts: give RegionalAttentionPrior "
                              f"the one global prompt (one CLIP Text Encode, not a Conditioning Combine).")

@@ -17,6 +17,7 @@ from ..cupscale.priors.structure import (DECAY_SHAPES, reference_at, reference_f
 from ..cupscale.schedule import check_percent_range
 from ..cupscale.tiling.lowpass import align_low_frequencies, lowpass
 from ..cupscale.guards import check_finite
+from ..cupscale.latents import layout
 from .inputs import combos_valid, percent_range_inputs, widget_names
 from .step_clock import clock_of, run_clock
 
@@ -58,10 +59,10 @@ class StructureGuide:
         return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
 
 
-def check_reference(samples: torch.Tensor, channels: int) -> None:
-    if samples.ndim != 4:
+def check_reference(samples: torch.Tensor, channels: int, ndim: int = 4) -> None:
+    if samples.ndim != ndim:
         raise ValueError(f"reference has shape {tuple(samples.shape)}: LowFreqStructureGuide needs an image latent "
-                         f"(batch, channels, height, width), e.g. from VAE Encode of the low-resolution image.")
+                         f"{layout(ndim)}, e.g. from VAE Encode of the low-resolution image.")
     if samples.numel() == 0:
         raise ValueError(f"reference is empty (shape {tuple(samples.shape)}): connect the low-resolution latent "
                          f"(VAE Encode of the image before upscaling).")
@@ -117,7 +118,7 @@ class LowFreqStructureGuide(io.ComfyNode):
                 decay) -> io.NodeOutput:
         samples = reference["samples"]
         latent_format = model.model.latent_format
-        check_reference(samples, latent_format.latent_channels)
+        check_reference(samples, latent_format.latent_channels, latent_format.latent_dimensions + 2)
         if not 0 <= strength <= 1:
             raise ValueError(f"strength = {strength} must lie in [0, 1].")
         with widget_names(start="start_percent", end="end_percent"):

@@ -67,25 +67,14 @@ def test_tiny_dit_runs_a_stock_graph(host, folders, kind):
         assert image.size == (96, 64)
 
 
-QWEN_5D = pytest.mark.xfail(
-    raises=ValueError, strict=True,
-    reason="LowFreqStructureGuide refuses the (b, 16, 1, h, w) references Qwen-Image's VAE (Wan 2.1) gives: "
-           "check_reference wants 4-D, and reference_at's bilinear resize takes 4-D only")
-
-
-def dit_kinds(*more):
-    """KINDS as parameters, Qwen-Image marked as an expected failure of the structure guide."""
-    return [pytest.param(kind, *more, marks=QWEN_5D if kind == "qwen_image" else ()) for kind in KINDS]
-
-
-@pytest.mark.parametrize("kind", dit_kinds())
+@pytest.mark.parametrize("kind", KINDS)
 def test_structure_guide_at_strength_zero_is_bitwise_unpatched(tiny, pack_node, kind):
     base = tiny.tiny_model(kind)
     expected = sample(tiny, base, kind)
     assert torch.equal(sample(tiny, guided(pack_node, base, reference_latent(kind=kind), strength=0.0), kind), expected)
 
 
-@pytest.mark.parametrize("kind", dit_kinds())
+@pytest.mark.parametrize("kind", KINDS)
 def test_structure_guide_over_the_last_steps_gives_the_output_the_reference_low_band(tiny, pack_node, kind):
     """Euler's last step returns the last denoised estimate, which the guide aligned: the sampled latent keeps LP(z_L)
     (the latent format's per-channel affine map commutes with the low-pass)."""
@@ -98,7 +87,8 @@ def test_structure_guide_over_the_last_steps_gives_the_output_the_reference_low_
     assert rel(fft_lowpass(sample(tiny, base, kind), cutoff), target) > 0.1
 
 
-@pytest.mark.parametrize("kind,lowpass", dit_kinds("gaussian") + dit_kinds("fft"))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("lowpass", ["gaussian", "fft"])
 def test_structure_guide_at_strength_one_aligns_every_step(tiny, pack_node, kind, lowpass):
     base = tiny.tiny_model(kind)
     unguided, final = [], []

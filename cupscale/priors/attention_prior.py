@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..latents import resize_hw
 from ..lru import env_limit
 from ..tiling.grid import Box
 from .items import ItemRegions
@@ -168,4 +169,4 @@ def capture_latent(low: torch.Tensor, noise: torch.Tensor, max_cells: int) -> tu
     if size == tuple(low.shape[-2:]):
         return low, noise
     ratio = (low.shape[-2] * low.shape[-1] / (size[0] * size[1])) ** 0.5
-    return F.interpolate(low, size=size, mode="area"), F.interpolate(noise, size=size, mode="area") * ratio
+    return resize_hw(low, size, mode="area"), resize_hw(noise, size, mode="area") * ratio

@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
+from ..latents import resize_hw
 from ..tiling.lowpass import lowpass
 
 DECAY_SHAPES = ("constant", "linear", "cosine")
@@ -55,7 +55,7 @@ def reference_at(reference: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     check_same_aspect(tuple(reference.shape[-2:]), size)
     if tuple(reference.shape[-2:]) == tuple(size):
         return reference
-    resized = F.interpolate(reference.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    resized = resize_hw(reference.float(), size, mode="bilinear", align_corners=False, antialias=True)
     return resized.to(reference.dtype)
 
 

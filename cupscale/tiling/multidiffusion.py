@@ -93,7 +93,8 @@ class TileMerger:
         self.grid = grid
         self.weights = weights.to(like.device, like.dtype)
         self.total = torch.zeros_like(like)
-        self.norm = torch.zeros((1, 1, *like.shape[-2:]), device=like.device, dtype=like.dtype)
+        # (1, ..., h, w): latents may carry a frame axis before the image's (Qwen-Image: b, c, 1, h, w)
+        self.norm = torch.zeros((1,) * (like.ndim - 2) + like.shape[-2:], device=like.device, dtype=like.dtype)
 
     def add(self, out: torch.Tensor, indices: tuple[int, ...], chunks: int) -> None:
         k = len(indices)
@@ -102,8 +103,8 @@ class TileMerger:
         for j, i in enumerate(indices):
             rows, cols = self.grid.boxes[i].slices()
             w = self.weights[i]
-            self.total[:, :, rows, cols] += (out[:, j] * w).reshape(-1, *out.shape[3:])
-            self.norm[:, :, rows, cols] += w
+            self.total[..., rows, cols] += (out[:, j] * w).reshape(-1, *out.shape[3:])
+            self.norm[..., rows, cols] += w
 
     def result(self, fallback: torch.Tensor | None = None) -> torch.Tensor:
         """The weighted average; cells no tile covered (skipped tiles) take ``fallback``."""
