@@ -1,10 +1,14 @@
-"""Full-size SD1.5 and SDXL checkpoints with seeded random weights, written by ComfyUI's own save path.
+"""Full-size SD1.5 and SDXL checkpoints and a Flux.1 dev diffusion model, with seeded random weights, written
+by ComfyUI's own save path.
 
 The cost of a diffusion model does not depend on its weights, so the real layouts with random weights
 measure what a user's real checkpoint would cost (issue 14). Each file is built once through ComfyUI's
 own classes (the published UNet config, CLIP-L, CLIP-G with its pooled projection, the KL VAE, the
 tokenizers ComfyUI ships), written as one ``.safetensors`` by ``comfy.sd.save_checkpoint`` into a cache
 folder outside the repo, and then loaded by the stock CheckpointLoaderSimple like any downloaded file.
+Flux's diffusion model alone (12 B parameters) is written in fp8 as Comfy-Org's ``flux1-dev-fp8`` stores it,
+by ``comfy.utils.save_torch_file`` under the published key names, for the stock UNETLoader; its text
+encoders (T5-XXL, CLIP-L) are left out: the bench gives it text of their shapes.
 """
 from __future__ import annotations
 
@@ -72,23 +76,48 @@ def ensure_checkpoint(kind: str, seed: int = 0) -> Path:
     return path
 
 
+DIT_STORE_DTYPE = torch.float8_e4m3fn
+
+
+def ensure_flux(seed: int = 0) -> Path:
+    """The cached Flux.1 dev diffusion model (harness.unet_layouts.FLUX_DEV), fp8, for UNETLoader."""
+    import comfy.supported_models
+    import comfy.utils
+    from harness.tiny_models import seeded_fill
+    from harness.unet_layouts import FLUX_DEV
+    path = CACHE / checkpoint_name("flux", seed)
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    config = comfy.supported_models.Flux(dict(FLUX_DEV))
+    config.set_inference_dtype(DIT_STORE_DTYPE, torch.float32)
+    net = seeded_fill(config.get_model({}, device="cpu").diffusion_model, seed)
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    comfy.utils.save_torch_file(net.state_dict(), str(partial),
+                                metadata={"cupscale": f"seeded random weights, Flux.1 dev layout, seed {seed}"})
+    del net
+    partial.replace(path)
+    return path
+
+
 def register_cache_folder() -> None:
-    """Let CheckpointLoaderSimple (and the server's model list) see the cache folder."""
+    """Let CheckpointLoaderSimple and UNETLoader (and the server's model lists) see the cache folder."""
     import folder_paths
     CACHE.mkdir(parents=True, exist_ok=True)
     folder_paths.add_model_folder_path("checkpoints", str(CACHE))
+    folder_paths.add_model_folder_path("diffusion_models", str(CACHE))
 
 
 def main() -> None:
     import argparse
     from harness import comfy_host
     parser = argparse.ArgumentParser(description="Write the real-layout checkpoints into the cache folder.")
-    parser.add_argument("kinds", nargs="*", default=["sd15", "sdxl"], choices=sorted(KINDS))
+    parser.add_argument("kinds", nargs="*", default=["sd15", "sdxl"], choices=sorted(KINDS) + ["flux"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     comfy_host.prepare()
     for kind in args.kinds:
-        print(ensure_checkpoint(kind, args.seed))
+        print(ensure_flux(args.seed) if kind == "flux" else ensure_checkpoint(kind, args.seed))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The real SD1.5 and SDXL UNet layouts, built on the meta device: shapes without weights or memory.
+"""The real SD1.5 and SDXL UNet layouts (built on the meta device: shapes without weights or memory), and
+Flux.1 dev's DiT config.
 
 For figures and checks that depend on where the cross-attention layers are and how wide they are (e.g. the
 memory of the Regional Attention Prior's maps at 1024²), not on any weight. The configs are the published
@@ -28,3 +29,10 @@ REAL_UNETS = {
 def meta_unet(name: str) -> UNetModel:
     """The UNet of ``name`` (a key of REAL_UNETS) with every parameter on the meta device."""
     return UNetModel(**REAL_UNETS[name], device="meta", operations=comfy.ops.disable_weight_init)
+
+
+FLUX_DEV = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch_size": 2, "vec_in_dim": 768,
+            "context_in_dim": 4096, "hidden_size": 3072, "mlp_ratio": 4.0, "num_heads": 24, "depth": 19,
+            "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
+            "guidance_embed": True}
+"""Flux.1 dev as ComfyUI's model_detection reads it from the published file's keys (11.9 B parameters)."""
