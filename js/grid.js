@@ -14,12 +14,20 @@ export function roundHalfEven(x) {
   return floor % 2 === 0 ? floor : floor + 1
 }
 
-/** grid.py tile_starts: equal tiles spread evenly over `length`, sharing at least `overlap`. */
+export const PATCH_CELLS = 2 // grid.py PATCH_CELLS: latent cells per patch of the DiT models
+
+/** grid.py tile_starts: equal tiles spread evenly over `length`, sharing at least `overlap`; starts on whole
+ * patches when tile and overlap are whole patches, unless that would shrink an overlap. */
 export function tileStarts(length, tile, overlap) {
   if (tile >= length) return [0]
   const count = Math.ceil((length - overlap) / (tile - overlap))
   const stride = (length - tile) / (count - 1)
-  return Array.from({ length: count }, (_, i) => roundHalfEven(i * stride))
+  const plain = Array.from({ length: count }, (_, i) => roundHalfEven(i * stride))
+  if (tile % PATCH_CELLS || overlap % PATCH_CELLS) return plain
+  const aligned = Array.from({ length: count - 1 }, (_, i) => roundHalfEven(i * stride / PATCH_CELLS) * PATCH_CELLS)
+  aligned.push(length - tile)
+  const shrinks = aligned.slice(1).some((b, i) => b - aligned[i] > tile - overlap || b <= aligned[i])
+  return shrinks ? plain : aligned
 }
 
 /** grid.py region_grid, in latent cells; boxes row-major as {top, left, height, width}. */

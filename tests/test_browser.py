@@ -219,7 +219,7 @@ def test_every_listed_template_opens_with_every_node_known(page, server, screens
     """As the Templates browser opens them: the names /workflow_templates lists, each graph fetched from
     /api/workflow_templates/<pack>/<name>.json and loaded."""
     listed = server.get("/workflow_templates")[PACK_DIR.name]
-    assert sorted(listed) == sorted(p.stem for p in TEMPLATES.glob("*.json")) and len(listed) >= 7
+    assert sorted(listed) == sorted(p.stem for p in TEMPLATES.glob("*.json")) and len(listed) >= 8
     for name in sorted(listed):
         ui = page.evaluate("(url) => fetch(url).then((r) => r.json())",
                            f"/api/workflow_templates/{PACK_DIR.name}/{name}.json")

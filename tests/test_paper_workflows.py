@@ -1,6 +1,7 @@
-"""The three paper workflows run in ComfyUI's executor on tiny models and produce images of the right size.
+"""The paper workflows run in ComfyUI's executor on tiny models and produce images of the right size.
 
 - ``cupscale_sdxl_1024_to_4096``: C-Upscale, two x2 stages with all four priors;
+- ``cupscale_flux_x2``: C-Upscale on Flux dev, one x2 stage with all four priors (a tiny Flux DiT);
 - ``xpsr_restore_x4``: XPSR's SFA ControlNet fed by the captioner's two descriptions;
 - ``zoomed_in_x4``: Zoomed-In, degradation-aware tags per tile through the Attention Composer.
 
@@ -63,13 +64,16 @@ def pack(host, node: str):
 @pytest.fixture
 def seen(host, monkeypatch):
     """What the priors did, as plain values: structure-guide calls, captures, composed tiles, XPSR controls
-    and the instructions the VLM was asked."""
+    and the instructions the VLM was asked; on a DiT, the region of each cond item given its region prompt as
+    text and the composer weight of each joint attention that read the prior."""
     ra, sg = pack(host, "RegionalAttentionPrior"), pack(host, "LowFreqStructureGuide")
     sfa, captioner = pack(host, "SFAControlNetApply"), pack(host, "MLLMRegionCaptioner")
     backends = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.captioning.backends"]
     processors = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.priors.processors"]
     control = sys.modules[sfa.__name__.rsplit(".", 1)[0] + ".sfa_control"]
-    log = {"structure": [], "captures": [], "tiles": [], "control": [], "asked": []}
+    joint = sys.modules[ra.__name__.rsplit(".", 1)[0] + ".joint_blocks"]
+    composer = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.priors.composer"]
+    log = {"structure": [], "captures": [], "tiles": [], "control": [], "asked": [], "texts": [], "joint": []}
 
     def structure(self, args):
         log["structure"].append(tuple(args["denoised"].shape[-2:]))
@@ -93,9 +97,19 @@ def seen(host, monkeypatch):
         log["asked"].append(instruction)
         return caption.original(self, images, instruction, max_tokens)
 
+    def region_contexts(self, context, labels, regions):
+        log["texts"].append((tuple(labels), tuple(regions)))
+        return region_contexts.original(self, context, labels, regions)
+
+    def joint_prior_attention(attend, q, k, v, text, read, weight):
+        log["joint"].append(weight)
+        return joint_prior_attention.original(attend, q, k, v, text, read, weight)
+
     for owner, name, spy in ((sg.StructureGuide, "__call__", structure), (ra.AttentionPrior, "capture", capture),
                              (processors.ComposerProcessor, "__call__", composed),
-                             (control.SFAControl, "get_control", get_control), (backends.LocalVLM, "caption", caption)):
+                             (control.SFAControl, "get_control", get_control), (backends.LocalVLM, "caption", caption),
+                             (composer.ComposerRun, "region_contexts", region_contexts),
+                             (joint, "joint_prior_attention", joint_prior_attention)):
         spy.original = getattr(owner, name)
         monkeypatch.setattr(owner, name, spy)
     captioner.CACHE.clear()  # every test asks the VLM itself
@@ -143,6 +157,12 @@ def cupscale_prompt() -> dict:
                          "25": {"steps": 2}, **{n: VAE for n in ("9", "11", "17", "20", "26")}})
 
 
+def flux_prompt() -> dict:
+    prompt = workflows.with_tiny_models(workflows.load("cupscale_flux_x2.api.json"), "flux")
+    return fast(prompt, {"6": TILES[0], "7": TILES[1], "13": CAPTION, "17": {"steps": 2},
+                         **{n: VAE for n in ("10", "12", "18")}})
+
+
 def xpsr_prompt() -> dict:
     prompt = workflows.with_tiny_models(workflows.load("xpsr_restore_x4.api.json"), "sd15")
     return fast(prompt, {"3": CAPTION, "12": {"tile_width": 64, "tile_height": 64, "overlap": 16},
@@ -174,6 +194,22 @@ def test_cupscale_sdxl_runs_both_stages_with_all_four_priors(models, folders, se
     assert seen["captures"] == [(4, 6)] * 2 + [(8, 12)] * 2
     tiles = {(t["latent"], t["tiles"], t["prior"], t["weight"]) for t in seen["tiles"]}
     assert tiles == {((8, 12), 2, True, 0.5), ((16, 24), 12, True, 0.5)}
+
+
+def test_cupscale_flux_runs_its_x2_stage_with_all_four_priors(models, folders, seen):
+    """The tiny Flux (16-channel latents, 2x2 patches) through the shipped graph: FluxGuidance, cfg 1 (no
+    uncond pass), tiles of 64 px = 4x4 patches whose region prompts become each tile's text."""
+    Image.new("RGB", (48, 32), (120, 60, 200)).save(folders / "in" / "input.png")
+    history, captured = run(with_captures(flux_prompt(), {"regions": ["13", 1]}))
+
+    assert saved_size(folders, history, "19") == (96, 64)
+    grid, prompts = regions(captured["regions"])
+    assert grid == tile_grid(8, 12) and len(prompts) == 2 and all(p.strip() for p in prompts)
+    assert set(seen["structure"]) == {(8, 12)}
+    assert seen["captures"] == [(4, 6)] * 2  # one capture pass per step on the low-res latent
+    # Cond items only (cfg 1): both tiles in one batch, each with its own region's prompt as its text.
+    assert set(seen["texts"]) == {((0,), (0, 1))}
+    assert seen["joint"] and set(seen["joint"]) == {0.5}  # the prior read in the double blocks, composed at w
 
 
 def test_xpsr_restores_x4_with_the_captioners_two_descriptions(models, folders, seen):
@@ -210,6 +246,7 @@ def test_zoomed_in_gives_each_tile_its_own_degradation_aware_tags(models, folder
     ("xpsr_restore_x4.api.json", {"1": {"ckpt_name"}, "2": {"image"}, "3": {"local_model"},
                                   "9": {"controlnet", "unet"}}),
     ("zoomed_in_x4.api.json", {"1": {"ckpt_name"}, "7": {"image"}, "12": {"local_model"}, "19": {"local_model"}}),
+    ("cupscale_flux_x2.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "13": {"local_model"}}),
 ])
 def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_download(host, folders, name, needs):
     import execution
@@ -221,8 +258,8 @@ def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_d
 
 
 @pytest.mark.server
-def test_the_three_workflows_run_through_a_real_comfyui_server(model_root, tmp_path):
-    """Queued over HTTP to ``main.py`` whose models/ holds the tiny files; one 48x32 image for all three."""
+def test_the_paper_workflows_run_through_a_real_comfyui_server(model_root, tmp_path):
+    """Queued over HTTP to ``main.py`` whose models/ holds the tiny files; one 48x32 image for all four."""
     from harness.server import ComfyServer
     base = tmp_path / "comfy"
     (base / "models").mkdir(parents=True)
@@ -231,12 +268,14 @@ def test_the_three_workflows_run_through_a_real_comfyui_server(model_root, tmp_p
     (base / "input").mkdir()
     Image.new("RGB", (48, 32), (200, 100, 50)).save(base / "input" / "input.png")
     with ComfyServer(base) as server:
-        prompts = {"27": cupscale_prompt(), "16": xpsr_prompt(), "24": zoomed_in_prompt()}  # by the final SaveImage
-        assert {v["class_type"] for p in prompts.values() for v in p.values()} <= set(server.get("/object_info"))
-        queued = {save: server.post("/prompt", {"prompt": p})["prompt_id"] for save, p in prompts.items()}
-        for save, prompt_id in queued.items():
+        # Each by its final SaveImage and the size it saves: x4, or x2 for Flux.
+        prompts = [(cupscale_prompt(), "27", (192, 128)), (xpsr_prompt(), "16", (192, 128)),
+                   (zoomed_in_prompt(), "24", (192, 128)), (flux_prompt(), "19", (96, 64))]
+        assert {v["class_type"] for p, _, _ in prompts for v in p.values()} <= set(server.get("/object_info"))
+        queued = [(server.post("/prompt", {"prompt": p})["prompt_id"], save, size) for p, save, size in prompts]
+        for prompt_id, save, size in queued:
             entry = server.wait_history(prompt_id)
             assert entry["status"]["status_str"] == "success", entry["status"]
             (image,) = entry["outputs"][save]["images"]
             with Image.open(base / "output" / image["subfolder"] / image["filename"]) as im:
-                assert im.size == (192, 128)
+                assert im.size == size

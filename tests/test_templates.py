@@ -27,7 +27,7 @@ def fetch(server, path: str) -> tuple[int, str, bytes]:
 def test_every_listed_template_is_served_as_a_ui_graph_with_a_thumbnail(server):
     listed = server.get("/workflow_templates")[PACK_DIR.name]
     assert sorted(listed) == sorted(p.stem for p in TEMPLATES.glob("*.json"))
-    assert len(listed) >= 7 and not [name for name in listed if name.endswith(".api")]
+    assert len(listed) >= 8 and not [name for name in listed if name.endswith(".api")]
     for name in listed:
         status, _, body = fetch(server, f"/api/workflow_templates/{PACK_DIR.name}/{name}.json")
         graph = json.loads(body)
