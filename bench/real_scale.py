@@ -242,13 +242,17 @@ def child(kind, size, tile, steps, skip_workflow):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl"])
+    parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl", "flux"],
+                        help="flux: Flux.1 dev's rows (bench/real_scale_dit.py)")
     parser.add_argument("--size", type=int, default=384, help="output side in px of the measured rows")
     parser.add_argument("--tile", type=int, default=256, help="tile side in px of the measured rows")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--skip-workflow", action="store_true")
-    parser.add_argument("--child", choices=["sd15", "sdxl"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["sd15", "sdxl", "flux"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "flux":
+        from bench import real_scale_dit
+        return real_scale_dit.child(args.size, args.tile, args.steps)
     if args.child:
         return child(args.child, args.size, args.tile, args.steps, args.skip_workflow)
     for kind in args.models:
