@@ -148,8 +148,9 @@ def chains(n, model, clip, low, pos, tile, overlap, batch, peer):
 
 
 def sample_once(m, steps, pos, neg, latent):
-    """One timed sampling run of ``m``: (seconds, ModelClock, peak RSS GiB), inside inference mode as ComfyUI's
-    executor runs it (outside it, autograd would keep every activation of the UNet until the call returns)."""
+    """One timed sampling run of ``m``: (seconds, ModelClock, peak RSS GiB, process CPU seconds), inside inference
+    mode as ComfyUI's executor runs it (outside it, autograd would keep every activation of the UNet until the call
+    returns). The CPU seconds are the steadier figure where another job shares the cores."""
     import comfy.patcher_extension
     import comfy.sample
     import torch
@@ -157,11 +158,11 @@ def sample_once(m, steps, pos, neg, latent):
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench", clock)
     noise = comfy.sample.prepare_noise(latent, 1)
     with torch.inference_mode(), PeakRSS() as rss:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         comfy.sample.sample(m, noise, steps, 5.0, "euler", "normal", pos, neg, latent, denoise=0.5, seed=1,
                             disable_pbar=True)
-        total = time.perf_counter() - start
-    return total, clock, rss.gib
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return total, clock, rss.gib, cpu
 
 
 def rows_table(kind, model, clip, size, tile, overlap, steps, batch=4, peer=False, only=None, repeats=1):
@@ -182,14 +183,15 @@ def rows_table(kind, model, clip, size, tile, overlap, steps, batch=4, peer=Fals
             result = sample_once(m, steps, pos, neg, latent)
             if name not in best or result[0] < best[name][0]:
                 best[name] = result
-    rows = [[name, f"{total:.1f}", f"{clock.seconds:.1f}", f"{total / clock.seconds:.3f}", clock.calls, f"{gib:.2f}"]
-            for name, (total, clock, gib) in best.items()]
+    rows = [[name, f"{total:.1f}", f"{clock.seconds:.1f}", f"{total / clock.seconds:.3f}", clock.calls, f"{gib:.2f}",
+             f"{cpu:.1f}"] for name, (total, clock, gib, cpu) in best.items()]
     table(f"{kind}: {size}² px output, {tiles} tiles of {tile} px (overlap {overlap}), {steps} euler step(s), CFG 5, "
           f"tiles/batch {batch} (measured{f', fastest of {repeats} in turns' if repeats > 1 else ''})",
-          ["run", "time s", "in UNet s", "total / UNet", "model calls", "peak RSS GiB"], rows)
+          ["run", "time s", "in UNet s", "total / UNet", "model calls", "peak RSS GiB", "CPU s"], rows)
     if "tiles" in best and "peer MultiDiffusion" in best:
-        (ours, ours_clock, _), (theirs, their_clock, _) = best["tiles"], best["peer MultiDiffusion"]
-        print(f"\ntiles / peer MultiDiffusion: time {ours / theirs:.3f}, in UNet {ours_clock.seconds / their_clock.seconds:.3f}")
+        (ours, ours_clock, _, ours_cpu), (theirs, their_clock, _, their_cpu) = best["tiles"], best["peer MultiDiffusion"]
+        print(f"\ntiles / peer MultiDiffusion: time {ours / theirs:.3f}, in UNet {ours_clock.seconds / their_clock.seconds:.3f}"
+              f", CPU {ours_cpu / their_cpu:.3f}")
 
 
 def shipped_workflow(kind, name):
@@ -253,7 +255,7 @@ def computed_table(kind, tile_seconds):
 
 def child(args):
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     kind = args.child
     name = boot(kind)
     if args.peer:
@@ -287,6 +289,7 @@ def main():
     parser.add_argument("--peer", help="folder of a shiimizu/ComfyUI-TiledDiffusion checkout: adds its row")
     parser.add_argument("--rows", nargs="+", choices=ROWS, help="only these rows (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per row, in turns; the fastest is shown")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1: steadier beside another job)")
     parser.add_argument("--skip-workflow", action="store_true")
     parser.add_argument("--skip-native", action="store_true", help="no native-tile evaluation, no computed table")
     parser.add_argument("--child", choices=["sd15", "sdxl"], help=argparse.SUPPRESS)

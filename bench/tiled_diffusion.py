@@ -150,8 +150,9 @@ def auto_batch_table(model, node, ext, tiny, size=96, steps=2, repeats=5):
     fastest_fixed = min(best[b][0] for b in batches if b)
     rows = [["auto (0)" if b == 0 else b, best[b][1].calls, f"{best[b][0]:.3f}", f"{best[b][0] / fastest_fixed:.3f}"]
             for b in batches]
+    import torch
     table(f"tiles_per_batch against the fastest fixed batch ({size}² latent, {tiles} tiles, {steps} euler steps, "
-          f"CFG, best of {repeats})", ["tiles/batch", "UNet calls", "sampling s", "/ fastest fixed"], rows)
+          f"CFG, best of {repeats} in turns, {torch.get_num_threads()} threads)", ["tiles/batch", "UNet calls", "sampling s", "/ fastest fixed"], rows)
 
 
 def peer_table(model, node, ext, tiny, repeats=5):
@@ -168,8 +169,9 @@ def peer_table(model, node, ext, tiny, repeats=5):
             for who, (total, clock) in best.items():
                 rows.append([f"{size}²", tiles, per_batch, who, clock.calls, f"{total:.3f}", f"{clock.seconds:.3f}",
                              f"{total / clock.seconds:.3f}", f"{total / best['peer'][0]:.3f}"])
+    import torch
     table(f"Ours against the peer's MultiDiffusion at equal tiles ({STEPS} euler steps, CFG, tile {TILE_PX}px overlap "
-          f"{OVERLAP_PX}px, best of {repeats}, turns taken)",
+          f"{OVERLAP_PX}px, best of {repeats} in turns, {torch.get_num_threads()} threads)",
           ["latent", "tiles", "tiles/batch", "run", "UNet calls", "sampling s", "in model s", "sampling/model",
            "/ peer"], rows)
 
@@ -179,10 +181,14 @@ def main():
     parser.add_argument("--peer", help="folder of a shiimizu/ComfyUI-TiledDiffusion checkout (bench/peer.py)")
     parser.add_argument("--tables", nargs="+", choices=["evals", "memory", "auto", "peer"],
                         default=["evals", "memory", "auto", "peer"])
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier beside another job)")
     parser.add_argument("--memory", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory:
         return memory_child(args.memory)
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     ext, node, tiny = setup()
     if args.peer:
         from bench import peer
