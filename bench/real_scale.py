@@ -189,9 +189,10 @@ def rows_table(kind, model, clip, size, tile, overlap, steps, batch=4, peer=Fals
           f"tiles/batch {batch} (measured{f', fastest of {repeats} in turns' if repeats > 1 else ''})",
           ["run", "time s", "in UNet s", "total / UNet", "model calls", "peak RSS GiB", "CPU s"], rows)
     if "tiles" in best and "peer MultiDiffusion" in best:
-        (ours, ours_clock, _, ours_cpu), (theirs, their_clock, _, their_cpu) = best["tiles"], best["peer MultiDiffusion"]
-        print(f"\ntiles / peer MultiDiffusion: time {ours / theirs:.3f}, in UNet {ours_clock.seconds / their_clock.seconds:.3f}"
-              f", CPU {ours_cpu / their_cpu:.3f}")
+        (ours, ours_clock, _, ours_cpu), (theirs, their_clock, _, their_cpu) = (best["tiles"],
+                                                                               best["peer MultiDiffusion"])
+        print(f"\ntiles / peer MultiDiffusion: time {ours / theirs:.3f}, "
+              f"in UNet {ours_clock.seconds / their_clock.seconds:.3f}, CPU {ours_cpu / their_cpu:.3f}")
 
 
 def shipped_workflow(kind, name):

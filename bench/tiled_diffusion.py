@@ -140,8 +140,10 @@ def memory_table():
           ["latent", "one latent buffer MiB", "peak growth MiB"], rows)
 
 
-def auto_batch_table(model, node, ext, tiny, size=96, steps=2, repeats=5):
-    """tiles_per_batch 0 (the batch the free memory holds, by the model's estimate) against every fixed batch."""
+def auto_batch_table(model, node, ext, tiny, size=96, steps=8, repeats=5):
+    """tiles_per_batch 0 against every fixed batch. Off the CPU auto is the batch the free memory holds (the
+    model's estimate); on the CPU its first evaluation tries the sizes (BatchTuner), so a run of 8 steps, where
+    the trials are one step in eight (a sampler's 20-30 steps make it less)."""
     from cupscale.tiling.grid import region_grid
     tiles = len(region_grid(size, size, TILE_PX // 8, TILE_PX // 8, OVERLAP_PX // 8))
     batches = [0] + [b for b in (1, 2, 4, 8) if b < tiles] + [tiles]
@@ -152,7 +154,8 @@ def auto_batch_table(model, node, ext, tiny, size=96, steps=2, repeats=5):
             for b in batches]
     import torch
     table(f"tiles_per_batch against the fastest fixed batch ({size}² latent, {tiles} tiles, {steps} euler steps, "
-          f"CFG, best of {repeats} in turns, {torch.get_num_threads()} threads)", ["tiles/batch", "UNet calls", "sampling s", "/ fastest fixed"], rows)
+          f"CFG, best of {repeats} in turns, {torch.get_num_threads()} threads)",
+          ["tiles/batch", "UNet calls", "sampling s", "/ fastest fixed"], rows)
 
 
 def peer_table(model, node, ext, tiny, repeats=5):
@@ -181,7 +184,8 @@ def main():
     parser.add_argument("--peer", help="folder of a shiimizu/ComfyUI-TiledDiffusion checkout (bench/peer.py)")
     parser.add_argument("--tables", nargs="+", choices=["evals", "memory", "auto", "peer"],
                         default=["evals", "memory", "auto", "peer"])
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's; 1 is steadier beside another job)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: torch's; 1 is steadier beside another job)")
     parser.add_argument("--memory", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory:

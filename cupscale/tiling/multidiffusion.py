@@ -186,7 +186,7 @@ class BatchTuner:
     every layer's ops; streaming weights larger than the caches) over more tiles, while its activations grow
     past the caches and fresh pages are faulted in on every call. Which wins depends on the model and the CPU,
     and both were measured here (bench/tiled_diffusion.py, bench/real_scale.py): on the tiny SD1.5 UNet the
-    time per tile falls up to about 4 tiles and rises again at 16, while on the real SD1.5 UNet it still falls
+    time per tile falls up to 8 tiles and rises again at 16 (1.33x), while on the real SD1.5 UNet it still falls
     at 4 tiles (2.76 s per item at 1 tile, 2.25 at 4, one thread). So the tuner measures instead of guessing:
     the first evaluations of a run try ``doubling(most)`` in that order (each evaluation packs the trials in
     order while they fit in its tiles; tiles left over run at its last trial), and from then on every call
