@@ -1,14 +1,18 @@
 """The pack at real architecture: full-size SD1.5 and SDXL (seeded random weights, harness/real_models.py)
 loaded by the stock CheckpointLoaderSimple, on the CPU.
 
-    .venv/bin/python bench/real_scale.py [--models sd15 sdxl] [--size 384] [--tile 256] [--steps 1]
+    .venv/bin/python bench/real_scale.py [--models sd15 sdxl] [--size 384] [--tile 256] [--steps 1] [--batch 4]
+                                         [--peer PATH] [--rows tiles peer ...] [--repeats 1]
 
 Each model runs in its own process (its peak RSS is its own). Per model it prints:
 1. the load: what the stock loader detected, seconds, RSS;
 2. one UNet evaluation of a native-size tile (cond + uncond, the batch CFG makes), measured;
 3. rows plain / tiles / + each prior / all priors at ``--size`` px output (measured): time, time inside the
    UNet (a DIFFUSION_MODEL wrapper, so the prior's capture pass counts as UNet time), the overhead ratio
-   total / UNet, model calls, peak RSS;
+   total / UNet, model calls, peak RSS; with ``--peer`` (a checkout of shiimizu/ComfyUI-TiledDiffusion, see
+   bench/peer.py) one more row, its MultiDiffusion at the same tiles, overlap, batch and steps. ``--rows`` picks
+   rows, ``--repeats`` runs them in turns and keeps each row's fastest run. Sampling runs under
+   ``torch.inference_mode()``, as ComfyUI's executor runs every node;
 4. the shipped workflow on the real file at a small size (SDXL: cupscale_sdxl_1024_to_4096 with its region
    prompts given as JSON instead of the MLLM), and the output size;
 5. computed, not measured: time per step at 1K-16K from the measured native-tile evaluation.
@@ -111,17 +115,20 @@ def native_tile_eval(kind, model, pos):
     kwargs = {"c_crossattn": pos[0][0].expand(2, -1, -1)}
     if kind == "sdxl":
         kwargs["y"] = torch.zeros(2, 2816)
-    with torch.no_grad(), PeakRSS() as rss:
+    with torch.inference_mode(), PeakRSS() as rss:
         start = time.perf_counter()
         model.model.apply_model(x, torch.full((2,), 5.0), **kwargs)
         seconds = time.perf_counter() - start
     return seconds, rss.gib
 
 
-def chains(n, model, clip, low, pos, tile, overlap):
-    """name -> patched model: plain, tiles alone, + each prior, all priors."""
+def chains(n, model, clip, low, pos, tile, overlap, batch, peer):
+    """name -> patched model: plain, tiles alone, the peer's MultiDiffusion at the same tiles (with ``peer``),
+    + each prior, all priors."""
+    from bench import peer as peer_node
+
     def tiled(m):
-        return n["TiledBlendedDiffusion"]().execute(m, tile, tile, overlap, 4)[0]
+        return n["TiledBlendedDiffusion"]().execute(m, tile, tile, overlap, batch)[0]
 
     def guide(m):
         return n["LowFreqStructureGuide"]().execute(m, {"samples": low}, 1.0, "gaussian", 1.0, 0.5, 0.0, 0.8,
@@ -132,14 +139,33 @@ def chains(n, model, clip, low, pos, tile, overlap):
 
     def composer(m):
         return n["AttentionComposer"]().execute(m, clip, 0.5, text="a wooden wall, sunflowers")[0]
-    return {"plain": model, "tiles": tiled(model), "+ structure guide": guide(tiled(model)),
-            "+ attention prior": prior(tiled(model)), "+ prior and composer": composer(prior(tiled(model))),
-            "all priors": composer(prior(guide(tiled(model))))}
+    made = {"plain": lambda: model, "tiles": lambda: tiled(model),
+            "peer MultiDiffusion": lambda: peer_node.multidiffusion(model, tile, overlap, batch),
+            "+ structure guide": lambda: guide(tiled(model)), "+ attention prior": lambda: prior(tiled(model)),
+            "+ prior and composer": lambda: composer(prior(tiled(model))),
+            "all priors": lambda: composer(prior(guide(tiled(model))))}
+    return {name: make() for name, make in made.items() if peer or name != "peer MultiDiffusion"}
 
 
-def rows_table(kind, model, clip, size, tile, overlap, steps):
+def sample_once(m, steps, pos, neg, latent):
+    """One timed sampling run of ``m``: (seconds, ModelClock, peak RSS GiB, process CPU seconds), inside inference
+    mode as ComfyUI's executor runs it (outside it, autograd would keep every activation of the UNet until the call
+    returns). The CPU seconds are the steadier figure where another job shares the cores."""
     import comfy.patcher_extension
     import comfy.sample
+    import torch
+    clock, m = ModelClock(), m.clone()
+    m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench", clock)
+    noise = comfy.sample.prepare_noise(latent, 1)
+    with torch.inference_mode(), PeakRSS() as rss:
+        start, cpu = time.perf_counter(), time.process_time()
+        comfy.sample.sample(m, noise, steps, 5.0, "euler", "normal", pos, neg, latent, denoise=0.5, seed=1,
+                            disable_pbar=True)
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return total, clock, rss.gib, cpu
+
+
+def rows_table(kind, model, clip, size, tile, overlap, steps, batch=4, peer=False, only=None, repeats=1):
     import nodes
     import torch
     from cupscale.tiling.grid import region_grid
@@ -149,21 +175,24 @@ def rows_table(kind, model, clip, size, tile, overlap, steps):
     low = torch.randn(1, 4, side // 2, side // 2, generator=torch.Generator().manual_seed(0))
     latent = torch.nn.functional.interpolate(low, size=(side, side), mode="bilinear")
     tiles = len(region_grid(side, side, tile // 8, tile // 8, overlap // 8))
-    rows = []
-    for name, m in chains(n, model, clip, low, pos, tile, overlap).items():
-        clock, m = ModelClock(), m.clone()
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench", clock)
-        noise = comfy.sample.prepare_noise(latent, 1)
-        with PeakRSS() as rss:
-            start = time.perf_counter()
-            comfy.sample.sample(m, noise, steps, 5.0, "euler", "normal", pos, neg, latent, denoise=0.5, seed=1,
-                                disable_pbar=True)
-            total = time.perf_counter() - start
-        rows.append([name, f"{total:.1f}", f"{clock.seconds:.1f}", f"{total / clock.seconds:.3f}", clock.calls,
-                     f"{rss.gib:.2f}"])
+    models = {name: m for name, m in chains(n, model, clip, low, pos, tile, overlap, batch, peer).items()
+              if not only or name in only}
+    best = {}
+    for _ in range(repeats):  # rows take turns, so a burst of load on a shared machine slows each round alike
+        for name, m in models.items():
+            result = sample_once(m, steps, pos, neg, latent)
+            if name not in best or result[0] < best[name][0]:
+                best[name] = result
+    rows = [[name, f"{total:.1f}", f"{clock.seconds:.1f}", f"{total / clock.seconds:.3f}", clock.calls, f"{gib:.2f}",
+             f"{cpu:.1f}"] for name, (total, clock, gib, cpu) in best.items()]
     table(f"{kind}: {size}² px output, {tiles} tiles of {tile} px (overlap {overlap}), {steps} euler step(s), CFG 5, "
-          "tiles/batch 4 (measured)", ["run", "time s", "in UNet s", "total / UNet", "model calls", "peak RSS GiB"],
-          rows)
+          f"tiles/batch {batch} (measured{f', fastest of {repeats} in turns' if repeats > 1 else ''})",
+          ["run", "time s", "in UNet s", "total / UNet", "model calls", "peak RSS GiB", "CPU s"], rows)
+    if "tiles" in best and "peer MultiDiffusion" in best:
+        (ours, ours_clock, _, ours_cpu), (theirs, their_clock, _, their_cpu) = (best["tiles"],
+                                                                               best["peer MultiDiffusion"])
+        print(f"\ntiles / peer MultiDiffusion: time {ours / theirs:.3f}, "
+              f"in UNet {ours_clock.seconds / their_clock.seconds:.3f}, CPU {ours_cpu / their_cpu:.3f}")
 
 
 def shipped_workflow(kind, name):
@@ -225,19 +254,30 @@ def computed_table(kind, tile_seconds):
           rows)
 
 
-def child(kind, size, tile, steps, skip_workflow):
+def child(args):
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    kind = args.child
     name = boot(kind)
+    if args.peer:
+        from bench import peer
+        peer.load(args.peer)  # before every row: its sampler hooks are then in place for all of them
     model, clip, vae = load(kind, name)
-    seconds, gib = native_tile_eval(kind, model, encode(clip, PROMPT))
-    table(f"{kind}: one UNet evaluation of a native tile (measured)", ["tile", "batch", "seconds", "peak RSS GiB"],
-          [[f"{NATIVE_PX[kind]}² px", 2, f"{seconds:.1f}", f"{gib:.1f}"]])
-    rows_table(kind, model, clip, size, tile, tile // 4, steps)
+    if not args.skip_native:
+        seconds, gib = native_tile_eval(kind, model, encode(clip, PROMPT))
+        table(f"{kind}: one UNet evaluation of a native tile (measured)", ["tile", "batch", "seconds", "peak RSS GiB"],
+              [[f"{NATIVE_PX[kind]}² px", 2, f"{seconds:.1f}", f"{gib:.1f}"]])
+    rows_table(kind, model, clip, args.size, args.tile, args.tile // 4, args.steps, args.batch, bool(args.peer),
+               args.rows, args.repeats)
     del model, clip, vae
-    if not skip_workflow:
+    if not args.skip_workflow:
         shipped_workflow(kind, name)
-    computed_table(kind, seconds)
+    if not args.skip_native:
+        computed_table(kind, seconds)
+
+
+ROWS = ["plain", "tiles", "peer MultiDiffusion", "+ structure guide", "+ attention prior", "+ prior and composer",
+        "all priors"]
 
 
 def main():
@@ -247,18 +287,24 @@ def main():
     parser.add_argument("--size", type=int, default=384, help="output side in px of the measured rows")
     parser.add_argument("--tile", type=int, default=256, help="tile side in px of the measured rows")
     parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=4, help="tiles per model call of the tiled rows (0: automatic)")
+    parser.add_argument("--peer", help="folder of a shiimizu/ComfyUI-TiledDiffusion checkout: adds its row")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, help="only these rows (default: all)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row, in turns; the fastest is shown")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1: steadier beside another job)")
     parser.add_argument("--skip-workflow", action="store_true")
+    parser.add_argument("--skip-native", action="store_true", help="no native-tile evaluation, no computed table")
     parser.add_argument("--child", choices=["sd15", "sdxl", "flux"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "flux":
         from bench import real_scale_dit
         return real_scale_dit.child(args.size, args.tile, args.steps)
+    if args.peer and args.batch < 1:
+        parser.error("--peer needs a fixed --batch (the peer has no automatic batch)")
     if args.child:
-        return child(args.child, args.size, args.tile, args.steps, args.skip_workflow)
+        return child(args)
     for kind in args.models:
-        command = [sys.executable, __file__, "--child", kind, "--size", str(args.size), "--tile", str(args.tile),
-                   "--steps", str(args.steps)] + (["--skip-workflow"] if args.skip_workflow else [])
-        subprocess.run(command, check=True)
+        subprocess.run([sys.executable, __file__, "--child", kind] + sys.argv[1:], check=True)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from ..cupscale.lru import LRU, env_limit
 from ..cupscale.schedule import StepClock
 from ..cupscale.tiling import blended, micro_conditioning, positions
 from ..cupscale.tiling.grid import RegionGrid, region_grid
-from ..cupscale.tiling.multidiffusion import (TileBatch, auto_batch_size, repeat_per_tile, run_tiles, tile_value,
-                                              tile_weights)
+from ..cupscale.tiling.multidiffusion import (BatchTuner, TileBatch, auto_batch_size, repeat_per_tile, run_tiles,
+                                              tile_value, tile_weights)
 from .control_tiling import ControlRequest, TiledHints, defer_controls
 from .dit_positions import ACTIVE, TilePlace
 from .host_services import free_memory
@@ -66,6 +66,7 @@ class TiledRun:
     mask: torch.Tensor | None = None
     hints: TiledHints = field(default_factory=TiledHints)
     batch_sizes: dict[tuple, int] = field(default_factory=dict)
+    evaluations: dict[tuple, int] = field(default_factory=dict)
 
     def report(self, done: int, total: int) -> None:
         """Tile-level progress on the same scale as the sampler's own step bar (steps x tiles); the step is the
@@ -92,6 +93,7 @@ class TiledDiffusion:
         self.places: LRU[TilePlace] = LRU("tile positions", env_limit(GRIDS_VAR, 8) * 64)
         self.grids: LRU[tuple[RegionGrid, torch.Tensor]] = LRU("tile grids", env_limit(GRIDS_VAR, 8))
         self.crops: LRU[torch.Tensor] = LRU("tile crop embeddings", env_limit(GRIDS_VAR, 8))
+        self.tuners: LRU[BatchTuner] = LRU("tile batch tuners", env_limit(GRIDS_VAR, 8))
 
     def grid(self, hw: tuple[int, int], like: torch.Tensor | None = None) -> tuple[RegionGrid, torch.Tensor]:
         """The grid for a latent of ``hw`` and its feather weights, kept on ``like``'s device and dtype
@@ -186,9 +188,23 @@ class TiledDiffusion:
                     ACTIVE.reset(token)
 
         report = None if run is None else run.report
-        batch_size = self.batch_size(executor.class_obj, x, grid, chunks, run)
-        return run_tiles(x, grid, weights, batch_size, evaluate, chunks=chunks,
-                         tiles=self.tiles_to_run(grid, run), report=report)
+        tiles = self.tiles_to_run(grid, run)
+        batch_size, evaluate = self.batch_plan(executor.class_obj, x, grid, chunks, run, tiles, evaluate)
+        return run_tiles(x, grid, weights, batch_size, evaluate, chunks=chunks, tiles=tiles, report=report)
+
+    def batch_plan(self, model, x, grid, chunks, run, tiles, evaluate):
+        """(batch sizes, evaluate) of this evaluation. On the CPU the automatic batch is measured, not taken
+        whole (cupscale.tiling.multidiffusion.BatchTuner): memory bounds it, time picks within that bound."""
+        batch_size = self.batch_size(model, x, grid, chunks, run)
+        if self.tiles_per_batch > 0 or x.device.type != "cpu":
+            return batch_size, evaluate
+        count = len(grid) if tiles is None else len(tiles)
+        key = (tuple(x.shape), batch_size, count)
+        tuner = self.tuners.get(key) or self.tuners.put(key, BatchTuner(batch_size, count))
+        evaluation = 0
+        if run is not None:
+            evaluation = run.evaluations[key] = run.evaluations.get(key, -1) + 1
+        return tuner.sizes(evaluation), tuner.timed(evaluate)
 
     def place(self, batch: TileBatch, hw: tuple[int, int]) -> TilePlace:
         """Where the tiles of ``batch`` lie, in patches; kept per grid and batch, so the offsets reach the
@@ -212,7 +228,7 @@ class TiledDiffusion:
         if run is not None and key in run.batch_sizes:
             return run.batch_sizes[key]
         free = free_memory(x.device)
-        shape = [x.shape[0], x.shape[1], grid.tile_height, grid.tile_width]
+        shape = [*x.shape[:-2], grid.tile_height, grid.tile_width]  # with Qwen-Image's frame axis where it has one
         size = auto_batch_size(len(grid), free, lambda k: model.memory_required([shape[0] * k, *shape[1:]]))
         if run is not None:
             run.batch_sizes[key] = size

@@ -12,8 +12,9 @@ broadcasting keep working unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 
@@ -125,11 +126,12 @@ def tile_value(value, x: torch.Tensor, boxes: tuple[Box, ...], chunks: int):
     return repeat_per_tile(value, chunks, len(boxes))
 
 
-def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_size: int,
+def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_size: int | Sequence[int],
               evaluate: Callable[[TileBatch, torch.Tensor], torch.Tensor], *, chunks: int = 1,
               tiles: list[int] | None = None, report: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """One MultiDiffusion evaluation: ``evaluate(batch, tile_x)`` on ``tiles`` (default: all) in batches of
-    ``batch_size``, the predictions merged with the feathered ``weights``; cells no tile covers keep ``x``.
+    ``batch_size`` (or of the sizes given, in order, the last repeated), the predictions merged with the
+    feathered ``weights``; cells no tile covers keep ``x``.
 
     ``x`` holds ``chunks`` chunks of images; ``evaluate`` gets and returns them laid out chunk-major. It
     is the caller's model call with whatever rides along (conditioning crops, hints, interruption);
@@ -137,12 +139,18 @@ def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_si
     """
     tiles = list(range(len(grid))) if tiles is None else tiles
     images = x.shape[0] // chunks
+    sizes = [batch_size] if isinstance(batch_size, int) else list(batch_size)
     merger = TileMerger(x, grid, weights)
-    for start in range(0, len(tiles), batch_size):
-        batch = TileBatch(grid, tuple(tiles[start:start + batch_size]), chunks, images)
+    start = 0
+    for call in range(len(tiles)):
+        if start >= len(tiles):
+            break
+        size = sizes[min(call, len(sizes) - 1)]
+        batch = TileBatch(grid, tuple(tiles[start:start + size]), chunks, images)
         merger.add(evaluate(batch, gather_tiles(x, batch.boxes, chunks)), batch.indices, chunks)
+        start += len(batch.indices)
         if report is not None:
-            report(start + len(batch.indices), len(tiles))
+            report(start, len(tiles))
     return merger.result(fallback=x)
 
 
@@ -160,3 +168,78 @@ def auto_batch_size(tiles: int, free_bytes: float, required_bytes: Callable[[int
             break
         best = k
     return best
+
+
+def doubling(most: int) -> list[int]:
+    """1, 2, 4, ... below ``most``, then ``most``: the batch sizes a BatchTuner tries."""
+    sizes = [1]
+    while sizes[-1] * 2 < most:
+        sizes.append(sizes[-1] * 2)
+    return sizes + [most] if most > 1 else sizes
+
+
+@dataclass
+class BatchTuner:
+    """Tiles per call picked by measured time, where memory does not bound the batch (the CPU).
+
+    On a GPU a larger batch fills the device, so the batch is the most tiles the memory holds. On a CPU the
+    cores are busy from the first tile on and a larger batch only spreads each call's fixed cost (dispatching
+    every layer's ops; streaming weights larger than the caches) over more tiles, while its activations grow
+    past the caches and fresh pages are faulted in on every call. Which wins depends on the model and the CPU,
+    and both were measured here (bench/tiled_diffusion.py, bench/real_scale.py): on the tiny SD1.5 UNet the
+    time per tile falls up to 8 tiles and rises again at 16 (1.33x), while on the real SD1.5 UNet it still falls
+    at 4 tiles (2.76 s per item at 1 tile, 2.25 at 4, one thread). So the tuner measures instead of guessing:
+    the first evaluations of a run try ``doubling(most)`` in that order (each evaluation packs the trials in
+    order while they fit in its tiles; tiles left over run at its last trial), and from then on every call
+    takes the size with the least measured time per tile.
+
+    The plan of evaluation ``n`` depends only on ``n`` and the pick, and the pick is made once per tuner
+    (kept per patched model and latent shape), so every later run of the same prompt makes the same calls and
+    gives the same result bit for bit; batch composition moves the result by ~1e-6.
+    """
+
+    most: int
+    tiles: int
+    seconds_per_tile: dict[int, float] = field(default_factory=dict)
+    choice: int | None = None
+
+    def __post_init__(self):
+        self.trials = self.pack(doubling(min(self.most, self.tiles)), self.tiles)
+        if len(self.trials) == 1 and len(self.trials[0]) == 1:
+            self.choice = self.trials[0][0]
+
+    @staticmethod
+    def pack(sizes: list[int], tiles: int) -> list[list[int]]:
+        """The trial sizes, in order, into evaluations of ``tiles`` tiles each."""
+        plans, room = [[]], tiles
+        for size in sizes:
+            if size > room:
+                plans.append([])
+                room = tiles
+            plans[-1].append(size)
+            room -= size
+        return plans
+
+    def sizes(self, evaluation: int) -> list[int]:
+        """The batch sizes of the run's ``evaluation``-th model evaluation (run_tiles' ``batch_size``)."""
+        if evaluation < len(self.trials):
+            return self.trials[evaluation]
+        if self.choice is None:
+            tried = [s for plan in self.trials for s in plan]
+            self.choice = min(tried, key=lambda s: (self.seconds_per_tile.get(s, float("inf")), -s))
+        return [self.choice]
+
+    def timed(self, evaluate: Callable[[TileBatch, torch.Tensor], torch.Tensor]):
+        """``evaluate``, recording each batch's seconds per tile until the pick is made (the best of what each
+        size measured). On the CPU the call has finished when it returns: timing it waits for nothing."""
+        if self.choice is not None:
+            return evaluate
+
+        def run(batch: TileBatch, tile_x: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            out = evaluate(batch, tile_x)
+            k = len(batch.indices)
+            per_tile = (time.perf_counter() - start) / k
+            self.seconds_per_tile[k] = min(self.seconds_per_tile.get(k, float("inf")), per_tile)
+            return out
+        return run
