@@ -122,23 +122,24 @@ def native_tile_eval(kind, model, pos):
     return seconds, rss.gib
 
 
+def patches(n, low, pos, tile, overlap, batch, clip=None) -> dict:
+    """The pack's nodes with the rows' settings, each as MODEL -> MODEL (the composer where ``clip`` is given)."""
+    made = {"tiled": lambda m: n["TiledBlendedDiffusion"]().execute(m, tile, tile, overlap, batch)[0],
+            "guide": lambda m: n["LowFreqStructureGuide"]().execute(m, {"samples": low}, 1.0, "gaussian", 1.0, 0.5,
+                                                                    0.0, 0.8, "cosine")[0],
+            "prior": lambda m: n["RegionalAttentionPrior"]().execute(m, {"samples": low}, pos, "all",
+                                                                     "1/2 and coarser", 0.0, 1.0)[0]}
+    if clip is not None:
+        made["composer"] = lambda m: n["AttentionComposer"]().execute(m, clip, 0.5, text="a wooden wall, sunflowers")[0]
+    return made
+
+
 def chains(n, model, clip, low, pos, tile, overlap, batch, peer):
     """name -> patched model: plain, tiles alone, the peer's MultiDiffusion at the same tiles (with ``peer``),
     + each prior, all priors."""
     from bench import peer as peer_node
-
-    def tiled(m):
-        return n["TiledBlendedDiffusion"]().execute(m, tile, tile, overlap, batch)[0]
-
-    def guide(m):
-        return n["LowFreqStructureGuide"]().execute(m, {"samples": low}, 1.0, "gaussian", 1.0, 0.5, 0.0, 0.8,
-                                                    "cosine")[0]
-
-    def prior(m):
-        return n["RegionalAttentionPrior"]().execute(m, {"samples": low}, pos, "all", "1/2 and coarser", 0.0, 1.0)[0]
-
-    def composer(m):
-        return n["AttentionComposer"]().execute(m, clip, 0.5, text="a wooden wall, sunflowers")[0]
+    p = patches(n, low, pos, tile, overlap, batch, clip)
+    tiled, guide, prior, composer = p["tiled"], p["guide"], p["prior"], p["composer"]
     made = {"plain": lambda: model, "tiles": lambda: tiled(model),
             "peer MultiDiffusion": lambda: peer_node.multidiffusion(model, tile, overlap, batch),
             "+ structure guide": lambda: guide(tiled(model)), "+ attention prior": lambda: prior(tiled(model)),
@@ -147,7 +148,7 @@ def chains(n, model, clip, low, pos, tile, overlap, batch, peer):
     return {name: make() for name, make in made.items() if peer or name != "peer MultiDiffusion"}
 
 
-def sample_once(m, steps, pos, neg, latent):
+def sample_once(m, steps, pos, neg, latent, cfg=5.0, scheduler="normal"):
     """One timed sampling run of ``m``: (seconds, ModelClock, peak RSS GiB, process CPU seconds), inside inference
     mode as ComfyUI's executor runs it (outside it, autograd would keep every activation of the UNet until the call
     returns). The CPU seconds are the steadier figure where another job shares the cores."""
@@ -159,7 +160,7 @@ def sample_once(m, steps, pos, neg, latent):
     noise = comfy.sample.prepare_noise(latent, 1)
     with torch.inference_mode(), PeakRSS() as rss:
         start, cpu = time.perf_counter(), time.process_time()
-        comfy.sample.sample(m, noise, steps, 5.0, "euler", "normal", pos, neg, latent, denoise=0.5, seed=1,
+        comfy.sample.sample(m, noise, steps, cfg, "euler", scheduler, pos, neg, latent, denoise=0.5, seed=1,
                             disable_pbar=True)
         total, cpu = time.perf_counter() - start, time.process_time() - cpu
     return total, clock, rss.gib, cpu

@@ -45,26 +45,18 @@ def conditioning(seed: int) -> list:
 
 def chains(n, model, low, pos, tile, overlap):
     """name -> patched model: plain, tiles alone, + each prior, both (the composer is left out: see above)."""
-    def tiled(m):
-        return n["TiledBlendedDiffusion"]().execute(m, tile, tile, overlap, 4)[0]
-
-    def guide(m):
-        return n["LowFreqStructureGuide"]().execute(m, {"samples": low}, 1.0, "gaussian", 1.0, 0.5, 0.0, 0.8,
-                                                    "cosine")[0]
-
-    def prior(m):
-        return n["RegionalAttentionPrior"]().execute(m, {"samples": low}, pos, "all", "1/2 and coarser", 0.0, 1.0)[0]
+    from bench.real_scale import patches
+    p = patches(n, low, pos, tile, overlap, 4)
+    tiled, guide, prior = p["tiled"], p["guide"], p["prior"]
     return {"plain": model, "tiles": tiled(model), "+ structure guide": guide(tiled(model)),
             "+ attention prior (19 double blocks)": prior(tiled(model)), "guide + prior": prior(guide(tiled(model)))}
 
 
 def rows_table(model, size: int, tile: int, steps: int) -> None:
-    import comfy.patcher_extension
-    import comfy.sample
     import nodes
     import torch
 
-    from bench.real_scale import ModelClock, PeakRSS
+    from bench.real_scale import sample_once
     from cupscale.tiling.grid import region_grid
     pos, neg = conditioning(1), conditioning(2)
     side, overlap = size // 8, tile // 4
@@ -73,20 +65,13 @@ def rows_table(model, size: int, tile: int, steps: int) -> None:
     tiles = len(region_grid(side, side, tile // 8, tile // 8, overlap // 8))
     rows = []
     for name, m in chains(nodes.NODE_CLASS_MAPPINGS, model, low, pos, tile, overlap).items():
-        clock, m = ModelClock(), m.clone()
-        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench", clock)
-        noise = comfy.sample.prepare_noise(latent, 1)
-        with torch.inference_mode(), PeakRSS() as rss:
-            start = time.perf_counter()
-            comfy.sample.sample(m, noise, steps, 1.0, "euler", "simple", pos, neg, latent, denoise=0.5, seed=1,
-                                disable_pbar=True)
-            total = time.perf_counter() - start
+        total, clock, gib, cpu = sample_once(m, steps, pos, neg, latent, cfg=1.0, scheduler="simple")
         rows.append([name, f"{total:.0f}", f"{clock.seconds:.0f}", f"{total / clock.seconds:.3f}", clock.calls,
-                     f"{rss.gib:.1f}"])
+                     f"{gib:.1f}", f"{cpu:.0f}"])
         print(f"  {name}: {total:.0f} s", flush=True)
     table(f"flux: {size}² px output, {tiles} tiles of {tile} px (overlap {overlap}), {steps} euler step(s), CFG 1 "
           f"(guidance 3.5), text {TEXT_TOKENS} tokens, tiles/batch 4 (measured)",
-          ["run", "time s", "in model s", "total / model", "model calls", "peak RSS GiB"], rows)
+          ["run", "time s", "in model s", "total / model", "model calls", "peak RSS GiB", "CPU s"], rows)
 
 
 def child(size: int, tile: int, steps: int) -> None:
