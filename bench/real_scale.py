@@ -278,7 +278,7 @@ def child(args):
 
 
 ROWS = ["plain", "tiles", "peer MultiDiffusion", "+ structure guide", "+ attention prior", "+ prior and composer",
-        "all priors"]
+        "all priors", "guide + prior"]  # the last: the DiT rows' all (bench/real_scale_dit.py)
 
 
 def main():
@@ -299,7 +299,7 @@ def main():
     args = parser.parse_args()
     if args.child == "flux":
         from bench import real_scale_dit
-        return real_scale_dit.child(args.size, args.tile, args.steps)
+        return real_scale_dit.child(args.size, args.tile, args.steps, args.rows)
     if args.peer and args.batch < 1:
         parser.error("--peer needs a fixed --batch (the peer has no automatic batch)")
     if args.child:

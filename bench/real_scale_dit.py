@@ -44,15 +44,16 @@ def conditioning(seed: int) -> list:
 
 
 def chains(n, model, low, pos, tile, overlap):
-    """name -> patched model: plain, tiles alone, + each prior, both (the composer is left out: see above)."""
+    """name -> its patched model, made on demand: plain, tiles alone, + each prior (in the 19 double blocks),
+    both (the composer is left out: see above)."""
     from bench.real_scale import patches
     p = patches(n, low, pos, tile, overlap, 4)
     tiled, guide, prior = p["tiled"], p["guide"], p["prior"]
-    return {"plain": model, "tiles": tiled(model), "+ structure guide": guide(tiled(model)),
-            "+ attention prior (19 double blocks)": prior(tiled(model)), "guide + prior": prior(guide(tiled(model)))}
+    return {"plain": lambda: model, "tiles": lambda: tiled(model), "+ structure guide": lambda: guide(tiled(model)),
+            "+ attention prior": lambda: prior(tiled(model)), "guide + prior": lambda: prior(guide(tiled(model)))}
 
 
-def rows_table(model, size: int, tile: int, steps: int) -> None:
+def rows_table(model, size: int, tile: int, steps: int, only: list[str] | None = None) -> None:
     import nodes
     import torch
 
@@ -64,8 +65,10 @@ def rows_table(model, size: int, tile: int, steps: int) -> None:
     latent = torch.nn.functional.interpolate(low, size=(side, side), mode="bilinear")
     tiles = len(region_grid(side, side, tile // 8, tile // 8, overlap // 8))
     rows = []
-    for name, m in chains(nodes.NODE_CLASS_MAPPINGS, model, low, pos, tile, overlap).items():
-        total, clock, gib, cpu = sample_once(m, steps, pos, neg, latent, cfg=1.0, scheduler="simple")
+    for name, make in chains(nodes.NODE_CLASS_MAPPINGS, model, low, pos, tile, overlap).items():
+        if only and name not in only:
+            continue
+        total, clock, gib, cpu = sample_once(make(), steps, pos, neg, latent, cfg=1.0, scheduler="simple")
         rows.append([name, f"{total:.0f}", f"{clock.seconds:.0f}", f"{total / clock.seconds:.3f}", clock.calls,
                      f"{gib:.1f}", f"{cpu:.0f}"])
         print(f"  {name}: {total:.0f} s", flush=True)
@@ -74,7 +77,7 @@ def rows_table(model, size: int, tile: int, steps: int) -> None:
           ["run", "time s", "in model s", "total / model", "model calls", "peak RSS GiB", "CPU s"], rows)
 
 
-def child(size: int, tile: int, steps: int) -> None:
+def child(size: int, tile: int, steps: int, rows: list[str] | None = None) -> None:
     import torch
 
     from harness import comfy_host, real_models
@@ -83,4 +86,4 @@ def child(size: int, tile: int, steps: int) -> None:
     comfy_host.boot()
     real_models.register_cache_folder()
     model = load(real_models.ensure_flux().name)
-    rows_table(model, size, tile, steps)
+    rows_table(model, size, tile, steps, rows)

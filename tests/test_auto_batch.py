@@ -91,7 +91,7 @@ def test_the_tuner_keeps_the_size_with_the_least_time_per_tile_and_plans_every_r
     per_tile = {1: 1.2, 2: 1.1, 4: 1.0, 8: 1.3}
     tuner = BatchTuner(8, 16)
     first = [fake_timed_run(tuner, per_tile, n) for n in range(3)]
-    assert first == [[1, 2, 4, 8], [4], [4]]
+    assert first == [[1, 2, 4, 8], [4] * 4, [4] * 4]  # the pick, split evenly over the 16 tiles
     # A later run of the same prompt: the same plans, the pick kept even where the clock now says otherwise.
     assert [fake_timed_run(tuner, {k: 1 / k for k in per_tile}, n) for n in range(3)] == first
 

@@ -51,3 +51,14 @@ def test_merge_of_identical_predictions_is_identity_and_layout_round_trips():
 def test_repeat_per_tile_is_chunk_major():
     t = torch.arange(4).float()  # 2 chunks x 2 images
     assert repeat_per_tile(t, chunks=2, tiles=3).tolist() == [0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3]
+
+
+def test_tile_batches_split_evenly_within_the_bound():
+    from cupscale.tiling.multidiffusion import balanced_sizes
+    assert balanced_sizes(9, 4) == [3, 3, 3] and balanced_sizes(10, 4) == [4, 3, 3] and balanced_sizes(8, 4) == [4, 4]
+    assert balanced_sizes(1, 4) == [1] and balanced_sizes(5, 1) == [1] * 5
+    for tiles in range(1, 40):
+        for most in range(1, 12):
+            sizes = balanced_sizes(tiles, most)
+            assert sum(sizes) == tiles and max(sizes) <= most and len(sizes) == -(-tiles // most)
+            assert max(sizes) - min(sizes) <= 1

@@ -126,12 +126,20 @@ def tile_value(value, x: torch.Tensor, boxes: tuple[Box, ...], chunks: int):
     return repeat_per_tile(value, chunks, len(boxes))
 
 
+def balanced_sizes(tiles: int, most: int) -> list[int]:
+    """``tiles`` split into as few calls as batches of ``most`` need, as evenly as they go (9 by 4: 3, 3, 3, not
+    4, 4, 1): the same calls and memory bound, without a last call too small to use the device (or, on a CPU,
+    to spread its fixed cost), and one batch shape where tiles divide evenly."""
+    calls = -(-tiles // max(most, 1))
+    return [tiles // calls + (i < tiles % calls) for i in range(calls)] if tiles else [1]
+
+
 def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_size: int | Sequence[int],
               evaluate: Callable[[TileBatch, torch.Tensor], torch.Tensor], *, chunks: int = 1,
               tiles: list[int] | None = None, report: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """One MultiDiffusion evaluation: ``evaluate(batch, tile_x)`` on ``tiles`` (default: all) in batches of
-    ``batch_size`` (or of the sizes given, in order, the last repeated), the predictions merged with the
-    feathered ``weights``; cells no tile covers keep ``x``.
+    """One MultiDiffusion evaluation: ``evaluate(batch, tile_x)`` on ``tiles`` (default: all) in batches of at most
+    ``batch_size``, evenly split (:func:`balanced_sizes`), or of the sizes given (in order, the last repeated),
+    the predictions merged with the feathered ``weights``; cells no tile covers keep ``x``.
 
     ``x`` holds ``chunks`` chunks of images; ``evaluate`` gets and returns them laid out chunk-major. It
     is the caller's model call with whatever rides along (conditioning crops, hints, interruption);
@@ -139,7 +147,7 @@ def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_si
     """
     tiles = list(range(len(grid))) if tiles is None else tiles
     images = x.shape[0] // chunks
-    sizes = [batch_size] if isinstance(batch_size, int) else list(batch_size)
+    sizes = balanced_sizes(len(tiles), batch_size) if isinstance(batch_size, int) else list(batch_size)
     merger = TileMerger(x, grid, weights)
     start = 0
     for call in range(len(tiles)):
@@ -227,7 +235,7 @@ class BatchTuner:
         if self.choice is None:
             tried = [s for plan in self.trials for s in plan]
             self.choice = min(tried, key=lambda s: (self.seconds_per_tile.get(s, float("inf")), -s))
-        return [self.choice]
+        return balanced_sizes(self.tiles, self.choice)
 
     def timed(self, evaluate: Callable[[TileBatch, torch.Tensor], torch.Tensor]):
         """``evaluate``, recording each batch's seconds per tile until the pick is made (the best of what each
