@@ -1,7 +1,8 @@
 """The pack at real architecture: full-size SD1.5 and SDXL (seeded random weights, harness/real_models.py)
-loaded by the stock CheckpointLoaderSimple, on the CPU.
+loaded by the stock CheckpointLoaderSimple, and Flux.1 dev by UNETLoader (``--models flux``: its rows are
+bench/real_scale_dit.py's), on the CPU.
 
-    .venv/bin/python bench/real_scale.py [--models sd15 sdxl] [--size 384] [--tile 256] [--steps 1] [--batch 4]
+    .venv/bin/python bench/real_scale.py [--models sd15 sdxl flux] [--size 384] [--tile 256] [--steps 1] [--batch 4]
                                          [--peer PATH] [--rows tiles peer ...] [--repeats 1]
 
 Each model runs in its own process (its peak RSS is its own). Per model it prints:
