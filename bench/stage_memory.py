@@ -3,7 +3,7 @@
     .venv/bin/python bench/stage_memory.py [--sizes 2048 4096 8192] [--kind sdxl]
 
 Each (size, chain) runs in a fresh process (its peak RSS its own): a tiny SDXL-shaped model (harness.tiny_models),
-1024 px tiles with 128 px overlap, one euler step at denoise 0.5, CFG 5, tiles/batch 4, the low-res latent half
+1024 px tiles with 128 px overlap, one euler step at denoise 0.5, CFG 5, tiles/batch 3, the low-res latent half
 the output's side; chains "tiles" (TiledBlendedDiffusion alone) and "all priors" (+ LowFreqStructureGuide,
 RegionalAttentionPrior, AttentionComposer). The table gives the peak RSS while sampling above the RSS before it,
 and the latent's own size: what grows with the output beyond a few latent-sized buffers (the sampler's x,
@@ -26,23 +26,25 @@ sys.path.insert(0, str(ROOT))
 from bench.tables import table  # noqa: E402
 
 TILE, OVERLAP = 1024, 128
+BATCH = 3  # 9, 25 and 81 tiles (2K, 4K, 8K) all split into calls of at most 3: the same largest tile batch
 
 
 def child(kind: str, size: int, chain: str) -> dict:
     import psutil
     import torch
 
-    import comfy.sample
     from bench.real_scale import PeakRSS, patches
-    from harness import comfy_host, tiny_models
+    from harness import comfy_host
     comfy_host.boot()
+    import comfy.sample
     import nodes
+    from harness import tiny_models
     clip = tiny_models.tiny_clip()
     encode = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode
     pos, neg = encode(clip, "a red barn")[0], encode(clip, "blurry")[0]
     side = size // 8
     low = torch.randn(1, 4, side // 2, side // 2, generator=torch.Generator().manual_seed(0))
-    p = patches(nodes.NODE_CLASS_MAPPINGS, low, pos, TILE, OVERLAP, 4, clip)
+    p = patches(nodes.NODE_CLASS_MAPPINGS, low, pos, TILE, OVERLAP, BATCH, clip)
     model = p["tiled"](tiny_models.tiny_model(kind))
     if chain == "all priors":
         model = p["composer"](p["prior"](p["guide"](model)))
@@ -75,13 +77,14 @@ def main() -> None:
             grown[size, chain] = result["grown"]
             rows.append([f"{size}²", chain, f"{result['latent'] / 2 ** 20:.0f}", f"{result['grown'] / 2 ** 20:.0f}",
                          f"{result['grown'] / result['latent']:.1f}", f"{result['seconds']:.1f}"])
-    table(f"One x2 stage, tiny {args.kind} model, {TILE} px tiles (overlap {OVERLAP}), 1 step (measured, a fresh "
-          f"process each)", ["output", "chain", "latent MiB", "peak RSS grown while sampling MiB",
+    table(f"One x2 stage, tiny {args.kind} model, {TILE} px tiles (overlap {OVERLAP}), tiles/batch {BATCH}, 1 step "
+          f"(measured, a fresh process each)", ["output", "chain", "latent MiB", "peak RSS grown while sampling MiB",
                              "grown / latent", "seconds"], rows)
     first, last = args.sizes[0], args.sizes[-1]
     extra = {size: grown[size, "all priors"] - grown[size, "tiles"] for size in (first, last)}
+    ratio = grown[last, "all priors"] / grown[first, "all priors"]
     print(f"\nall priors' extra over tiles alone: {extra[first] / 2 ** 20:.0f} MiB at {first}², "
-          f"{extra[last] / 2 ** 20:.0f} MiB at {last}²")
+          f"{extra[last] / 2 ** 20:.0f} MiB at {last}²; all priors grown at {last}² / at {first}²: {ratio:.3f}")
 
 
 if __name__ == "__main__":
