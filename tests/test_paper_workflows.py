@@ -207,8 +207,11 @@ def test_cupscale_flux_runs_its_x2_stage_with_all_four_priors(models, folders, s
     assert grid == tile_grid(8, 12) and len(prompts) == 2 and all(p.strip() for p in prompts)
     assert set(seen["structure"]) == {(8, 12)}
     assert seen["captures"] == [(4, 6)] * 2  # one capture pass per step on the low-res latent
-    # Cond items only (cfg 1): both tiles in one batch, each with its own region's prompt as its text.
-    assert set(seen["texts"]) == {((0,), (0, 1))}
+    # Cond items only (cfg 1), each tile with its own region's prompt as its text. How the two tiles are batched
+    # is the automatic batch's choice (on the CPU it tries one tile, then two).
+    assert {labels for labels, _ in seen["texts"]} == {(0,)}
+    assert all(len(regions) == len(set(regions)) for _, regions in seen["texts"])
+    assert {region for _, regions in seen["texts"] for region in regions} == {0, 1}
     assert seen["joint"] and set(seen["joint"]) == {0.5}  # the prior read in the double blocks, composed at w
 
 
