@@ -162,13 +162,10 @@ class MLLMRegionCaptioner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, local_model=None, backend=None) -> bool | str:
-        """The backend and, for the local one only, the model folder, before the run (an endpoint never reads
-        the folder, so a saved graph set to an endpoint runs without one in models/LLM); the other dropdowns are
-        checked when it starts (:meth:`caption`), so a missing folder stays the one input this check names."""
-        if backend == BACKENDS[1]:
-            return combos_valid(cls, backend=backend)
-        return combos_valid(cls, backend=backend, local_model=local_model)
+    def validate_inputs(cls, local_model=None) -> bool | str:
+        """The model folder only, before the run: the other dropdowns are checked when it starts
+        (:meth:`caption`), so a missing folder stays the one input this check names."""
+        return combos_valid(cls, local_model=local_model)
 
     @classmethod
     def execute(cls, image, **inputs) -> io.NodeOutput:

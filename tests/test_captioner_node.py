@@ -284,12 +284,3 @@ def test_unreachable_endpoint_says_what_to_set(captioner):
         with pytest.raises(RuntimeError, match=rf"could not reach the endpoint at http://127.0.0.1:{port}/v1/chat/"
                                                r"completions .*set endpoint_url"):
             captioner(**endpoint_args(f"http://127.0.0.1:{port}", retries=0))
-
-
-def test_an_endpoint_captioner_validates_without_a_local_model_folder(host):
-    """A shared graph set to an endpoint names a local model the user need not have: only the local backend
-    reads models/LLM, so only it is checked against the folders there."""
-    node = host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"]
-    assert node.validate_inputs(local_model="Qwen2.5-VL-3B-Instruct (not here)", backend="endpoint") is True
-    message = node.validate_inputs(local_model="Qwen2.5-VL-3B-Instruct (not here)", backend="local model")
-    assert isinstance(message, str) and "local_model" in message
