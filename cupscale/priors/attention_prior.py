@@ -127,17 +127,24 @@ def region_prior(maps: torch.Tensor, box: Box, working_hw: tuple[int, int],
     return sampled.reshape(heads, l, -1).transpose(1, 2)
 
 
+def read_regions(maps: torch.Tensor, where: ItemRegions, tokens_hw: tuple[int, int]) -> tuple[torch.Tensor, list[int]]:
+    """Captured maps (images, heads, l, h_L, w_L) read at each item's region on ``tokens_hw`` tokens:
+    (items, heads, tokens, l) float32, and the image each item read (its own, or the one low-res image's).
+    The maps of each (region, image) pair are read once."""
+    grid = where.grid
+    sources = [image if maps.shape[0] > 1 else 0 for image in where.images]
+    read = {}
+    for region, source in zip(where.regions, sources):
+        if (region, source) not in read:
+            read[(region, source)] = region_prior(maps[source], grid.boxes[region], (grid.height, grid.width),
+                                                  tokens_hw)
+    return torch.stack([read[pair] for pair in zip(where.regions, sources)]), sources
+
+
 def prior_attention(captured: CapturedAttention, where: ItemRegions, tokens_hw: tuple[int, int]) -> torch.Tensor:
     """A_R V_g for items at ``where`` on a layer of ``tokens_hw`` tokens: each item reads the maps of its own
-    image (or the one low-res image) at its region. The maps of each (region, image) pair are read once."""
-    grid = where.grid
-    sources = [image if captured.maps.shape[0] > 1 else 0 for image in where.images]
-    probs = {}
-    for region, source in zip(where.regions, sources):
-        if (region, source) not in probs:
-            probs[(region, source)] = region_prior(captured.maps[source], grid.boxes[region], (grid.height, grid.width),
-                                                   tokens_hw)
-    stacked = torch.stack([probs[pair] for pair in zip(where.regions, sources)])
+    image (or the one low-res image) at its region (:func:`read_regions`)."""
+    stacked, sources = read_regions(captured.maps, where, tokens_hw)
     values = torch.stack([captured.values[s] for s in sources])  # views: a list index would copy it to the device
     return attend_with(stacked, values)
 

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .attention_prior import region_prior
+from .attention_prior import read_regions
 from .items import ItemRegions
 
 PAD = 8  # extra head channels of the α call: one carries α, the rest keep the head size a multiple of 8
@@ -78,16 +78,9 @@ def attention_with_text_share(attend: Attend4, q: torch.Tensor, k: torch.Tensor,
 
 
 def read_text_prior(captured: CapturedText, where: ItemRegions, tokens_hw: tuple[int, int]) -> torch.Tensor:
-    """Ô_txt for items at ``where`` on ``tokens_hw`` image tokens: (items, heads, tokens, d), float32. Each
-    item reads its own image's capture (or the one low-res image's); each (region, image) pair once."""
-    grid = where.grid
-    sources = [image if captured.features.shape[0] > 1 else 0 for image in where.images]
-    read = {}
-    for region, source in zip(where.regions, sources):
-        if (region, source) not in read:
-            read[(region, source)] = region_prior(captured.features[source], grid.boxes[region],
-                                                  (grid.height, grid.width), tokens_hw)
-    return torch.stack([read[pair] for pair in zip(where.regions, sources)])
+    """Ô_txt for items at ``where`` on ``tokens_hw`` image tokens: (items, heads, tokens, d), float32, read as
+    the UNet's maps are (:func:`~cupscale.priors.attention_prior.read_regions`)."""
+    return read_regions(captured.features, where, tokens_hw)[0]
 
 
 def joint_prior_attention(attend: Attend4, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int,
