@@ -33,10 +33,10 @@ def dit_kind(model_patcher) -> str | None:
 
 def patch_cells(model_patcher) -> int:
     """Latent cells per patch side: 2 for the DiTs here, 1 for a UNet (its tiles need no alignment)."""
-    net = model_patcher.model.diffusion_model
-    if dit_kind(model_patcher) == "sd3":
+    net, kind = model_patcher.model.diffusion_model, dit_kind(model_patcher)
+    if kind == "sd3":
         return net.x_embedder.patch_size[0]
-    return getattr(net, "patch_size", 1) if dit_kind(model_patcher) else 1
+    return net.patch_size if kind else 1
 
 
 @dataclass

@@ -22,6 +22,7 @@ import comfy.ldm.modules.attention as attention
 
 from ..cupscale.priors.items import item_regions, on_cond_items
 from ..cupscale.priors.joint_attention import capture_text, joint_prior_attention, read_text_prior
+from ..cupscale.tiling.positions import patch_grid
 from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
 from .dit_positions import dit_kind, patch_cells
 from .tiled_sampling import TILES_KEY
@@ -46,11 +47,6 @@ def context_channels(model_patcher) -> int:
     """Channels per token of the text the DiT takes (its text embedder's input)."""
     net = model_patcher.model.diffusion_model
     return getattr(net, CONTEXT_INPUTS[dit_kind(model_patcher)]).in_features
-
-
-def token_grid(hw: tuple[int, int], patch: int) -> tuple[int, int]:
-    """Image tokens of a latent of ``hw`` cells (the models pad to whole patches)."""
-    return -(-hw[0] // patch), -(-hw[1] // patch)
 
 
 class JointBlockRouter:
@@ -87,11 +83,11 @@ class JointBlockRouter:
         patch = self.layer.downscale
         capture = options.get(CAPTURE_KEY)
         if capture is not None:
-            capture[self.layer.key] = capture_text(q, k, v, text, token_grid(tuple(prior.low.shape[-2:]), patch))
+            capture[self.layer.key] = capture_text(q, k, v, text, patch_grid(tuple(prior.low.shape[-2:]), patch))
             return attend(q, k, v)
         tiles = options.get(TILES_KEY)
         hw = (tiles.grid.tile_height, tiles.grid.tile_width) if tiles is not None else prior.latent_hw
-        tokens_hw = token_grid(hw, patch)
+        tokens_hw = patch_grid(hw, patch)
         if tokens_hw[0] * tokens_hw[1] != image:
             return attend(q, k, v)  # extra image tokens (reference latents): no place on the low-res image
         composer = options.get(COMPOSER_KEY)

@@ -14,6 +14,11 @@ import torch
 from .multidiffusion import TileBatch
 
 
+def patch_grid(hw: tuple[int, int], patch: int) -> tuple[int, int]:
+    """Patches (image tokens) of a latent of ``hw`` cells: the models pad to whole patches."""
+    return -(-hw[0] // patch), -(-hw[1] // patch)
+
+
 def tile_origins(batch: TileBatch, patch: int) -> tuple[tuple[int, int], ...]:
     """Each batch item's tile top-left, (row, column), in whole patches of ``patch`` latent cells (tiles are
     patch-aligned: cupscale.tiling.grid.tile_starts)."""
