@@ -148,23 +148,24 @@ class TiledDiffusion:
         return out
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        grid, weights = self.grid(tuple(x.shape[-2:]), x)
+        hw = tuple(x.shape[-2:])
+        grid, weights = self.grid(hw, x)
         labels = transformer_options.get("cond_or_uncond", [0])
         contexts = transformer_options.get(CONTEXTS_KEY)
         if len(grid) == 1:
             if contexts is not None:
-                c_crossattn = contexts(c_crossattn, None, labels, tuple(x.shape[-2:]))
+                c_crossattn = contexts(c_crossattn, None, labels, hw)
             if isinstance(control, ControlRequest):
                 control = control.evaluate(x, t, control.cond, transformer_options)
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
         run: TiledRun | None = transformer_options.get(RUN_KEY)
-        chunks = len(transformer_options.get("cond_or_uncond", ())) or 1
+        chunks = len(labels) or 1
         cond = dict(kwargs, c_concat=c_concat, c_crossattn=c_crossattn)
         hints = run.hints if run is not None else TiledHints()
         crops = None
         if self.crop_pixels_per_cell is not None and torch.is_tensor(cond.get("y")):
-            crops = self.tile_crops(tuple(x.shape[-2:]), grid, executor.class_obj, cond["y"])
+            crops = self.tile_crops(hw, grid, executor.class_obj, cond["y"])
 
         def evaluate(batch: TileBatch, tile_x: torch.Tensor) -> torch.Tensor:
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -179,8 +180,8 @@ class TiledDiffusion:
                 tile_control = hints.evaluate(control, batch, tile_x, tile_t, control_cond, options)
             c_cat, c_cross = tile_cond.pop("c_concat"), tile_cond.pop("c_crossattn")
             if contexts is not None:
-                c_cross = contexts(c_cross, batch, labels, tuple(x.shape[-2:]))
-            token = ACTIVE.set(self.place(batch, tuple(x.shape[-2:]))) if self.position_patch else None
+                c_cross = contexts(c_cross, batch, labels, hw)
+            token = ACTIVE.set(self.place(batch, hw)) if self.position_patch else None
             try:
                 return executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
             finally:
@@ -213,10 +214,9 @@ class TiledDiffusion:
         found = self.places.get(key)
         if found is None:
             p = self.position_patch
-            patches = lambda cells: -(-cells // p)  # noqa: E731  (the models pad to whole patches)
-            found = self.places.put(key, TilePlace(positions.tile_origins(batch, p),
-                                                   (patches(batch.grid.tile_height), patches(batch.grid.tile_width)),
-                                                   (patches(hw[0]), patches(hw[1]))))
+            tile_hw = (batch.grid.tile_height, batch.grid.tile_width)
+            found = self.places.put(key, TilePlace(positions.tile_origins(batch, p), positions.patch_grid(tile_hw, p),
+                                                   positions.patch_grid(hw, p)))
         return found
 
     def batch_size(self, model, x: torch.Tensor, grid: RegionGrid, chunks: int, run: TiledRun | None) -> int:
