@@ -212,14 +212,18 @@ def tiny_wan_vae(seed: int = 0) -> comfy.sd.VAE:
         return comfy.sd.VAE(sd=sd, dtype=torch.float32)
 
 
+def with_guidance(kind: str, conditioning: list) -> list:
+    """CONDITIONING as FluxGuidance leaves it for Flux (3.5, its default: dev distils CFG into a guidance
+    input); other kinds' as it is."""
+    return [[c, {**extra, "guidance": 3.5}] for c, extra in conditioning] if kind == "flux" else conditioning
+
+
 def conditioning(kind: str, seed: int, tokens: int = 77, batch: int = 1) -> list:
     """CONDITIONING as CLIPTextEncode gives it, drawn from ``seed``: a pooled output for SDXL, SD3 and Flux,
-    and for Flux the guidance FluxGuidance sets (3.5, its default). Qwen-Image reads the text alone."""
+    and for Flux the guidance FluxGuidance sets (:func:`with_guidance`). Qwen-Image reads the text alone."""
     g = torch.Generator().manual_seed(seed)
     extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=g)} if kind in ("sdxl", "sd3", "flux") else {}
-    if kind == "flux":
-        extra["guidance"] = 3.5
-    return [[torch.randn(batch, tokens, CONTEXT_DIM, generator=g), extra]]
+    return with_guidance(kind, [[torch.randn(batch, tokens, CONTEXT_DIM, generator=g), extra]])
 
 
 def tiny_controlnet(kind: str = "sd15", seed: int = 0):

@@ -48,11 +48,6 @@ def position_wise(model):
     return model
 
 
-def with_guidance(kind: str, conditioning: list) -> list:
-    """CLIPTextEncode's output as FluxGuidance leaves it for Flux (dev distils CFG into a guidance input)."""
-    return [[c, {**extra, "guidance": 3.5}] for c, extra in conditioning] if kind == "flux" else conditioning
-
-
 @pytest.mark.parametrize("kind", DITS)
 def test_one_tile_covering_the_latent_equals_plain_sampling(tiny, nodes_, kind):
     model = tiny.tiny_model(kind)
@@ -122,7 +117,7 @@ def test_the_prior_changes_tiles_and_the_composer_at_weight_zero_with_the_global
         tiny, nodes_, host, kind):
     model, clip = tiny.tiny_model(kind), tiny.tiny_clip()
     text = "a red fox in the snow"
-    pos, neg = (with_guidance(kind, host.CLIPTextEncode().encode(clip, t)[0]) for t in (text, "blurry"))
+    pos, neg = (tiny.with_guidance(kind, host.CLIPTextEncode().encode(clip, t)[0]) for t in (text, "blurry"))
     tiles = tiled(nodes_, model, 128, overlap=32)
     alone = sample(tiles, latent(kind), pos, neg)
     patched = prior(nodes_, tiles, latent(kind)[..., ::2, ::2], pos)

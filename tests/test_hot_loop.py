@@ -47,10 +47,8 @@ def all_priors(host, tiny, model, clip, low, pos):
 
 
 def encode(host, clip, text, kind="sd15"):
-    conditioning = host.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, text)[0]
-    if kind == "flux":  # as FluxGuidance leaves it
-        conditioning = [[c, {**extra, "guidance": 3.5}] for c, extra in conditioning]
-    return conditioning
+    from harness.tiny_models import with_guidance
+    return with_guidance(kind, host.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, text)[0])
 
 
 def latent(tiny, kind: str, h: int, w: int) -> torch.Tensor:
