@@ -22,7 +22,6 @@ SDXL runs with bf16 weights (``--bf16-unet``; the CPU computes in float32), so t
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import threading

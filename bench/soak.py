@@ -10,7 +10,8 @@
   falls in the capture pass or mid-tile batch); the same prompt then reruns, bitwise equal to the uninterrupted
   run, and the shared MODEL carries no patch or run state.
 - Hostile input over HTTP: each case answered by a validation or node error naming the input; a small prompt
-  then runs to show the server alive.
+  then runs to show the server alive. Then the cases made from the nodes' own schemas (harness/hostile_cases.py):
+  every input of every pack node, a table of cases per node, and the server's memory before and after them.
 - Concurrency: four websocket clients queue at once; each receives its own results only.
 
 tests/test_soak.py runs the same functions, shorter. The tiny model builders live with the tests (tests/).
@@ -20,12 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import http.server
-import io
 import json
 import os
-import pickle
 import random
 import socketserver
 import sys
@@ -73,6 +71,8 @@ def build_models(root: Path) -> Path:
     torch.save({"not": "tensors", "n": [1, 2, 3]}, liif / "not_tensors.pth")
     (liif / "text.safetensors").write_text("this is not a safetensors file")
     torch.save(RunsCode(str(root / "PWNED")), liif / "runs_code.pth")
+    (root / "implicit_decoders").mkdir()
+    torch.save(tiny_liif.first_stage(seed=4, z=4), root / "implicit_decoders" / "tiny-first-stage.ckpt")
     return root
 
 
@@ -123,7 +123,7 @@ def server(root: Path, tmp: Path):
     from harness.server import ComfyServer
     base = tmp / "comfy"
     (base / "models").mkdir(parents=True)
-    for name in ("LLM", "xpsr", "clip_rerank", "liif"):
+    for name in ("LLM", "xpsr", "clip_rerank", "liif", "implicit_decoders"):
         (base / "models" / name).symlink_to(root / name, target_is_directory=True)
     (base / "input").mkdir()
     images(base / "input")
@@ -169,11 +169,16 @@ def report(s, tag: str = "", with_models: dict | None = None, clear: bool = Fals
     return json.loads(entry["outputs"]["report"]["text"][0])
 
 
-def free(s) -> None:
-    """POST /free: ComfyUI then drops its cache of node outputs (and models) before the next prompt."""
-    req = urllib.request.Request(s.url + "/free", data=json.dumps({"free_memory": True, "unload_models": True}).encode(),
+def post_only(s, path: str, body: dict) -> None:
+    """POST to an endpoint that answers with no JSON (/free, /interrupt)."""
+    req = urllib.request.Request(s.url + path, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=10).close()
+
+
+def free(s) -> None:
+    """POST /free: ComfyUI then drops its cache of node outputs (and models) before the next prompt."""
+    post_only(s, "/free", {"free_memory": True, "unload_models": True})
 
 
 def rss(s) -> int:
@@ -453,7 +458,7 @@ def hostile_cases(endpoints: dict[str, Endpoint]) -> list[tuple[str, dict, str, 
          "patch", ["reference", "NaN"]),
         ("latent with NaN (RegionalAttentionPrior's low_res_latent)", sampling_graph(prior(), extra=nan_latent),
          "patch", ["low_res_latent", "NaN"]),
-        ("scale to 64 x 16384² (LIIF, 206 GB)", huge, "up", ["GiB", "free", "batch"]),
+        ("scale to 64 x 16384² (LIIF, 206 GB)", huge, "up", ["megapixels", "GiB", "CUPSCALE_MAX_OUTPUT_MEGAPIXELS"]),
         ("checkpoint truncated", liif_graph("truncated.pth"), "ld", ["model_name", "truncated.pth", "damaged or incomplete"]),
         ("checkpoint of non-tensors", liif_graph("not_tensors.pth"), "ld", ["model_name", "not_tensors.pth"]),
         ("checkpoint not safetensors", liif_graph("text.safetensors"), "ld", ["model_name", "text.safetensors"]),
@@ -465,8 +470,108 @@ def hostile_cases(endpoints: dict[str, Endpoint]) -> list[tuple[str, dict, str, 
         ("endpoint hangs (timeout_s 1)", captioner_graph(backend="endpoint", endpoint_url=endpoints["hang"].url), "cap",
          ["timeout_s"]),
         ("dropdown label not an option", sampling_graph(guide(lowpass="bogus")), "patch", ["lowpass", "bogus"]),
+        ("NaN sigma (structure guide)", sampling_graph(guide(sigma=NAN)), "patch", ["sigma", "nan", "finite"]),
         ("checkpoint not in the folder", liif_graph("missing.pth"), "ld", ["model_name", "missing.pth"]),
     ]
+
+
+# ---------------------------------------------------------------- hostile input from the schemas
+PLANTED = {"truncated.pth": "truncated", "not_tensors.pth": "of non-tensors", "text.safetensors": "not safetensors",
+           "runs_code.pth": "that runs code"}
+"""The hostile files build_models plants beside the tiny ones, by what they are."""
+CHECKED_BEFORE_RUN = {"MLLMRegionCaptioner": "local_model", "CLIPRerank": "clip_model",
+                      "SFAControlNetLoader": "controlnet"}
+"""Nodes whose validate_inputs names their downloaded file alone (the host files a failed check under every
+input named, so a missing download would mark every widget): their other inputs are checked when the run starts."""
+
+
+def schema_bases() -> dict[str, tuple[dict, str]]:
+    """Node type -> (a small graph that runs, the node's id in it): the base of each schema-driven case."""
+    lat, img = ["lat", 0], {"class_type": "LoadImage", "inputs": {"image": "in_32x32.png"}}
+    composer = {"class_type": "AttentionComposer", "inputs": {"model": ["pr", 0], "clip": ["ld", 1], "weight": 0.5,
+                                                              "text": "a walled garden"}}
+    xpsr = "checkpoint-300000/{}/diffusion_pytorch_model.safetensors"
+    sfa = {"class_type": "SFAControlNetApply", "inputs": {
+        "model": ["ld", 0], "positive": ["txt", 0], "negative": ["txt", 0], "low_level": ["txt", 0],
+        "sfa_controlnet": ["sfa", 0], "image": ["img", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    sfa_graph = sampling_graph(sfa, extra={"img": img, "sfa": {"class_type": "SFAControlNetLoader", "inputs": {
+        "controlnet": xpsr.format("controlnet"), "unet": xpsr.format("unet")}}})
+    sfa_graph["ks"]["inputs"].update(positive=["patch", 1], negative=["patch", 2])  # the control rides on these
+    repaint = sampling_graph(extra={
+        "mask": {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 64, "height": 64}},
+        "noised": {"class_type": "SetLatentNoiseMask", "inputs": {"samples": lat, "mask": ["mask", 0]}},
+        "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+        "rp": {"class_type": "RePaintSampler", "inputs": {"sampler": ["select", 0], "jump_length": 1,
+                                                          "resample_count": 2}},
+        "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": ["ld", 0], "scheduler": "normal", "steps": 2,
+                                                              "denoise": 1.0}},
+        "ks": {"class_type": "SamplerCustom", "inputs": {
+            "model": ["ld", 0], "add_noise": True, "noise_seed": 0, "cfg": 2.0, "positive": ["txt", 0],
+            "negative": ["txt", 0], "sampler": ["rp", 0], "sigmas": ["sigmas", 0], "latent_image": ["noised", 0]}}})
+    rerank = {"img": img, "two": {"class_type": "RepeatImageBatch", "inputs": {"image": ["img", 0], "amount": 2}},
+              "cr": {"class_type": "CLIPRerank", "inputs": {"images": ["two", 0], "clip_model": "tiny-clip",
+                                                            "text": "a photo", "keep": 1}},
+              "out": {"class_type": "PreviewImage", "inputs": {"images": ["cr", 0]}}}
+    decode = {"lat": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+              "dl": {"class_type": "ImplicitDecoderLoader", "inputs": {"decoder_name": "tiny-first-stage.ckpt"}},
+              "dec": {"class_type": "ImplicitLatentDecode", "inputs": {"decoder": ["dl", 0], "samples": lat,
+                                                                       "width": 64, "height": 64, "tile_size": 64}},
+              "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}}}
+    liif = liif_graph("tiny.pth")
+    return {"TiledBlendedDiffusion": (sampling_graph(tiled()), "patch"),
+            "LowFreqStructureGuide": (sampling_graph(guide()), "patch"),
+            "RegionalAttentionPrior": (sampling_graph(prior(low_res_latent=lat)), "patch"),
+            "AttentionComposer": (sampling_graph(composer, extra={"pr": prior(low_res_latent=lat)}), "patch"),
+            "SFAControlNetApply": (sfa_graph, "patch"), "SFAControlNetLoader": (sfa_graph, "sfa"),
+            "RePaintSampler": (repaint, "rp"), "CLIPRerank": (rerank, "cr"),
+            "MLLMRegionCaptioner": (captioner_graph(), "cap"),
+            "ImplicitUpscaleModelLoader": (liif, "ld"), "ImplicitUpscale": (liif, "up"),
+            "ImplicitDecoderLoader": (decode, "dl"), "ImplicitLatentDecode": (decode, "dec")}
+
+
+@dataclass
+class SchemaSuite:
+    verdicts: list = field(default_factory=list)
+    rss_before: int = 0
+    rss_after: int = 0
+    seconds: float = 0.0
+
+
+def schema_suite(s, log=print) -> SchemaSuite:
+    """Every schema-driven case (harness/hostile_cases.py) over HTTP. After each case that ran, a canary (one of
+    two seeds, so the sampler runs again) must give the pixels it gave the first time; the server's memory is
+    read before the first case and after the last, with ComfyUI's caches freed."""
+    from harness import hostile_cases
+    from harness.comfy_host import PACK_DIR
+    schemas = hostile_cases.pack_schemas(s.get("/object_info"), f"custom_nodes.{PACK_DIR.name}")
+    at_run = {node: {name for name, _, _ in hostile_cases.inputs_of(schemas[node])} - {kept}
+              for node, kept in CHECKED_BEFORE_RUN.items() if node in schemas}
+    all_cases = hostile_cases.cases(schemas, schema_bases(), PLANTED, at_run)
+    canaries, first = [sampling_graph(tiled()) for _ in range(2)], {}
+    for seed, canary in enumerate(canaries):
+        canary["ks"]["inputs"]["seed"] = 1000 + seed
+    free(s)
+    suite, start = SchemaSuite(rss_before=rss(s)), time.perf_counter()
+    for i, case in enumerate(all_cases):
+        try:
+            where, at, message = answer(s, case.prompt)
+        except TimeoutError as e:  # stop it, so the cases after it meet an idle queue
+            post_only(s, "/interrupt", {})
+            where, at, message = "timeout", "", str(e)
+        alive = True
+        if where != "validation":
+            entry = run(s, canaries[i % 2], 120)
+            alive = entry["status"]["status_str"] == "success"
+            if alive and "out" in entry["outputs"]:  # absent when the host served it from its cache
+                image = pixels(output_files(s, entry, "out")[0])
+                alive = first.setdefault(i % 2, image) == image
+        verdict = hostile_cases.Verdict(case, where, at, message.strip(), alive)
+        suite.verdicts.append(verdict)
+        if verdict.fault:
+            log(f"  {case.name}: {verdict.fault}: {where} at {at}: {message.strip()[:160]}")
+    free(s)
+    suite.rss_after, suite.seconds = rss(s), time.perf_counter() - start
+    return suite
 
 
 @dataclass
@@ -556,7 +661,8 @@ def mib(n: int) -> str:
     return f"{n / 2 ** 20:.0f} MiB"
 
 
-def tables(result: Soak | None, stops: list[Interrupt], faults: list[Fault], clients: list) -> str:
+def tables(result: Soak | None, stops: list[Interrupt], faults: list[Fault], clients: list,
+           suite: SchemaSuite | None = None) -> str:
     lines = []
     if result:
         growth = result.rss_end - result.rss_warm
@@ -583,6 +689,14 @@ def tables(result: Soak | None, stops: list[Interrupt], faults: list[Fault], cli
         lines += ["", "| input | caught | node | message | names the input | server alive after |", "|---|---|---|---|---|---|"]
         lines += [f"| {f.case} | {f.caught} | {f.node} | {f.message[:180].replace('|', '/')} | {f.named} | {f.alive} |"
                   for f in faults]
+    if suite:
+        from harness.hostile_cases import counts
+        lines += ["", "| node | schema-driven cases | short of the contract |", "|---|---|---|"]
+        lines += [f"| {node} | {n} | {bad} |" for node, (n, bad) in sorted(counts(suite.verdicts).items())]
+        lines += [f"| all, in {suite.seconds:.0f} s | {len(suite.verdicts)} | "
+                  f"{sum(v.fault is not None for v in suite.verdicts)} |",
+                  "", f"| server RSS before / after the cases (caches freed) | {mib(suite.rss_before)} / "
+                  f"{mib(suite.rss_after)} ({(suite.rss_after - suite.rss_before) / 2 ** 20:+.0f} MiB) |"]
     if clients:
         lines += ["", f"| concurrent clients | {len(clients)} | each got only its own results | "
                   f"{all(ok for _, ok in clients)} |"]
@@ -600,10 +714,11 @@ def main(argv=None) -> int:
         root = build_models(Path(tmp) / "models")
         with server(root, Path(tmp)) as s:
             faults = [] if args.skip_faults else hostile(s, root)
+            suite = None if args.skip_faults else schema_suite(s)
             clients = [] if args.skip_faults else concurrent(s)
             stops = interrupts(s, args.interrupts) if args.interrupts else []
             result = soak(s, args.runs, args.alternate) if args.runs else None
-            print(tables(result, stops, faults, clients))
+            print(tables(result, stops, faults, clients, suite))
     return 0
 
 

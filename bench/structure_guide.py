@@ -1,6 +1,6 @@
 """LowFreqStructureGuide: how much global structure it keeps, and what it costs per step.
 
-1. Low-frequency error ‖LP(out) − LP(z_L)‖ / ‖LP(z_L)‖ of tiled img2img upscales (tiny SD1.5, x2.5,
+1. Low-frequency error ||LP(out) - LP(z_L)|| / ||LP(z_L)|| of tiled img2img upscales (tiny SD1.5, x2.5,
    2x2 tiles) against the reference, without and with the guide, in both bands.
 2. The guide's cost per step (one post-CFG call) against one model evaluation (the CFG batch of 2).
 

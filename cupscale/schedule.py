@@ -34,10 +34,10 @@ def check_percent_range(start: float, end: float, fix: str = "") -> None:
 class StepClock:
     """Where a sampling run is, known on the host: the sampler's step callback moves it.
 
-    Reading the step off an evaluation's σ (``step_index``) needs σ's value, and on a GPU that value lives on
+    Reading the step off an evaluation's sigma (``step_index``) needs sigma's value, and on a GPU that value lives on
     the device: one host–device sync per evaluation, per prior. The sampler already tells the host once per step
-    ``i``, right after the step's first evaluation (at σ_i). Evaluations before that report see ``step == i``;
-    one after it (Heun's at σ_{i+1}) sees ``i + 1``, the step that σ_{i+1} begins, as ``step_index`` says too.
+    ``i``, right after the step's first evaluation (at sigma_i). Evaluations before that report see ``step == i``;
+    one after it (Heun's at sigma_{i+1}) sees ``i + 1``, the step that sigma_{i+1} begins, as ``step_index`` says too.
     """
 
     def __init__(self, steps: int):

@@ -12,16 +12,19 @@ _booted = False
 
 
 def host_path() -> Path:
-    """The host from $COMFYUI_PATH, the ComfyUI holding the pack, or ~/comfy/ComfyUI."""
+    """The host from $COMFYUI_PATH, the ComfyUI holding the pack, or the first under ~/comfy in the order of
+    scripts/hosts.sh (v0.33.0, v0.14.1, v0.3.64 side by side, then ~/comfy/ComfyUI)."""
     candidates = [os.environ.get("COMFYUI_PATH")]
     if PACK_DIR.parent.name == "custom_nodes":
         candidates.append(str(PACK_DIR.parent.parent))
-    candidates.append(str(Path.home() / "comfy" / "ComfyUI"))
+    hosts = Path(os.environ.get("CUPSCALE_HOSTS_DIR", Path.home() / "comfy"))
+    candidates += [str(hosts / f"ComfyUI-{v}") for v in ("0.33.0", "0.14.1", "0.3.64")] + [str(hosts / "ComfyUI")]
     for c in candidates:
         if c and (Path(c) / "comfy").is_dir() and (Path(c) / "nodes.py").is_file():
             return Path(c)
-    raise RuntimeError("No ComfyUI host found: set COMFYUI_PATH to a ComfyUI v0.3.64 folder, put this pack in "
-                       "ComfyUI/custom_nodes/, or place ComfyUI at ~/comfy/ComfyUI (scripts/env.sh does this).")
+    raise RuntimeError(f"No ComfyUI host found: set COMFYUI_PATH to a ComfyUI folder (v0.33.0, v0.14.1 or v0.3.64), "
+                       f"put this pack in ComfyUI/custom_nodes/, or place ComfyUI v0.33.0 at {hosts}/ComfyUI-0.33.0 "
+                       f"(scripts/env.sh says how).")
 
 
 def prepare(cpu: bool = True) -> None:
@@ -75,6 +78,21 @@ class PromptError(RuntimeError):
     """A prompt failed validation or execution; the message is ComfyUI's own."""
 
 
+def new_executor():
+    """An executor for :func:`run_prompt`; one kept across prompts keeps its cache (models stay loaded).
+
+    Where the executor takes cache arguments (newer hosts read ``cache_args["ram"]`` after every node), they
+    are given as the host's main.py gives them, from its parsed command line."""
+    import inspect
+
+    import execution
+    from comfy.cli_args import args
+    if "cache_args" not in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(CapturingServer())
+    cache_args = {"lru": getattr(args, "cache_lru", 0), "ram": getattr(args, "cache_ram", 0)}
+    return execution.PromptExecutor(CapturingServer(), cache_args=cache_args)
+
+
 def run_prompt(prompt: dict, executor=None) -> dict:
     """Validate and execute an API-format prompt in-process; returns ComfyUI's history result."""
     import execution
@@ -82,7 +100,7 @@ def run_prompt(prompt: dict, executor=None) -> dict:
     valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not valid[0]:
         raise PromptError(f"prompt failed validation: {valid[1]}; node errors: {valid[3]}")
-    executor = executor or execution.PromptExecutor(CapturingServer())
+    executor = executor or new_executor()
     executor.execute(prompt, prompt_id, {"client_id": None}, valid[2])
     if not executor.success:
         errors = [d for e, d in executor.status_messages if e == "execution_error"]

@@ -1,10 +1,12 @@
-"""Nodes the harness adds to the host: a tiny checkpoint loader (tests, --tiny-models) and a capture
-node that keeps a prompt's intermediate values for the tests to read."""
+"""Nodes the harness adds to the host: a tiny checkpoint loader (tests, --tiny-models), a capture node that
+keeps a prompt's intermediate values for the tests to read, a report of the server's state, and tensors of
+shapes no core node makes (the hostile-input suite)."""
 from __future__ import annotations
 
 from comfy.comfy_types import IO
 
 from harness import tiny_models
+from harness.hostile_cases import SHAPES, TENSOR_TYPES
 
 
 class TinyCheckpointLoader:
@@ -102,3 +104,28 @@ class StateReport:
 
 
 NODE_CLASS_MAPPINGS["CupscaleStateReport"] = StateReport
+
+
+class HostileTensor:
+    """An IMAGE, MASK or LATENT of a shape no core node makes (batch 0, 1 x 1, 1 x 100000), for the hostile-input
+    suite (harness/hostile_cases.py). Its output is typed ANY so it links into any of the three."""
+
+    CATEGORY = "cupscale/testing"
+    FUNCTION = "make"
+    RETURN_TYPES = (IO.ANY,)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"kind": (list(TENSOR_TYPES),), "shape": (list(SHAPES),)}}
+
+    def make(self, kind, shape):
+        import torch
+        batch, height, width = SHAPES[shape]
+        if kind == "IMAGE":
+            return (torch.full((batch, height, width, 3), 0.5),)
+        if kind == "MASK":
+            return (torch.ones((batch, height, width)),)
+        return ({"samples": torch.zeros((batch, 4, max(height // 8, 1), max(width // 8, 1)))},)
+
+
+NODE_CLASS_MAPPINGS["CupscaleHostileTensor"] = HostileTensor

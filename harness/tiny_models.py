@@ -11,12 +11,14 @@ Qwen2.5-VL text and a CLIP-L/G pooled vector; only the widths differ).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from unittest import mock
 
 import torch
 
+import comfy.ldm.flux.model
 import comfy.ldm.modules.diffusionmodules.mmdit
 import comfy.ldm.wan.vae
 import comfy.model_management
@@ -61,6 +63,10 @@ UNET = {
                    "joint_attention_dim": CONTEXT_DIM, "num_attention_heads": 2, "attention_head_dim": 32,
                    "num_layers": 2, "axes_dims_rope": [4, 14, 14]},
 }
+# FluxParams gained txt_ids_dims in late 2025 (Flux.1: [], its text ids are all zero); named where the host has it,
+# as the host's own model detection names it.
+if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
+    UNET["flux"]["txt_ids_dims"] = []
 
 CLIP_CONFIG = {"architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
                "eos_token_id": 49407, "hidden_act": "quick_gelu", "hidden_size": CONTEXT_DIM,

@@ -246,11 +246,12 @@ function openEditor(node, index) {
   const col = index % v.grid.cols
 
   const dialog = element('div', {
-    position: 'fixed', left: '50%', top: '50%', transform: 'translate(-50%, -50%)', zIndex: 10000,
+    position: 'fixed', inset: 'auto', margin: '0', left: '50%', top: '50%', transform: 'translate(-50%, -50%)',
     width: '520px', padding: '14px', background: '#222', color: '#ddd', border: '1px solid #666',
     borderRadius: '8px', boxShadow: '0 8px 30px rgba(0,0,0,0.6)', fontFamily: 'sans-serif', fontSize: '13px'
   })
   dialog.className = 'cupscale-editor'
+  dialog.popover = 'manual' // drawn in the top layer, above the canvas, and closed only by its buttons
   dialog.dataset.node = String(node.id)
   dialog.dataset.region = String(index)
   dialog.append(element('div', { fontWeight: 'bold', marginBottom: '6px' },
@@ -289,7 +290,10 @@ function openEditor(node, index) {
     setTimeout(() => textarea.focus(), 0)
   }
   dialog.append(buttons)
-  document.body.append(dialog)
+  // Kept beside the graph's canvas, not in the shared document.body; the popover's top layer lifts it
+  // out of whatever clips or transforms that container.
+  app.canvas.canvas.parentElement.append(dialog)
+  dialog.showPopover()
   node.cupscaleEditing = index
   node.setDirtyCanvas(true, true)
 }
@@ -308,7 +312,10 @@ function onCaptioned(node, message) {
   node.cupscalePreview = picture
 }
 
-/** Debug and test hooks: what the panel of a node holds and where its regions are on the screen. */
+/**
+ * Debug and test hooks: what the panel of a node holds and where its regions are on the screen. Kept on
+ * the extension object (app.extensions, name 'cupscale.regions'), not on window: the page is shared.
+ */
 const debug = {
   grid: { imageGrid, regionGrid, pixelBox },
   regionsFor(nodeId) {
@@ -336,9 +343,7 @@ const debug = {
 
 app.registerExtension({
   name: 'cupscale.regions',
-  async setup() {
-    window.cupscale = debug
-  },
+  debug,
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== CAPTIONER && nodeData.name !== TILED) return
     const onNodeCreated = nodeType.prototype.onNodeCreated

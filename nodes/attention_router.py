@@ -5,7 +5,7 @@ ComfyUI's attention.
 The run state, set by the wrappers of nodes/attention_runs.py:
 - ``CAPTURE_KEY``: the capture pass, a dict it fills -> CaptureProcessor, for every item.
 - ``COMPOSER_KEY``: AttentionComposer's run -> ComposerProcessor, for the cond items.
-- ``PRIOR_KEY``: the prior's run; with maps for this layer at this σ -> PriorProcessor, for the cond items.
+- ``PRIOR_KEY``: the prior's run; with maps for this layer at this sigma -> PriorProcessor, for the cond items.
 - none of these -> plain attention. Uncond items always keep it.
 """
 from __future__ import annotations
@@ -15,10 +15,9 @@ from functools import partial
 
 import torch
 
-import comfy.ldm.modules.attention as attention
-
 from ..cupscale.priors.items import item_regions, on_cond_items
 from ..cupscale.priors.processors import AttentionCall, CaptureProcessor, ComposerProcessor, PriorProcessor
+from .host import attention
 from .tiled_sampling import TILES_KEY
 from .unet_layers import Layer
 

@@ -3,7 +3,7 @@ prior's capture pass.
 
 - The prior's OUTER_SAMPLE wrapper puts a PriorRun in transformer_options, with the low-res latent and its
   noise at the capture size. Its CALC_COND_BATCH wrapper, once per step in the step range (at the step's first
-  σ; the step is the run's StepClock, known on the host), runs the UNet on that latent noised to σ with the
+  sigma; the step is the run's StepClock, known on the host), runs the UNet on that latent noised to sigma with the
   global prompt (cond only) through ``model._apply_model``: that skips APPLY_MODEL wrappers, so
   TiledBlendedDiffusion does not tile the capture. The routers see the capture key and record the layers' (RAP).
 - The composer's OUTER_SAMPLE wrapper puts a ComposerRun there. At w = 0 the maps would go unused, so no
@@ -16,17 +16,15 @@ from functools import partial
 
 import torch
 
-import comfy.sampler_helpers
-import comfy.samplers
-
 from ..cupscale.priors.attention_prior import CapturedAttention, capture_latent
 from ..cupscale.priors.composer import ComposerRun, ComposerSettings
 from ..cupscale.priors.structure import check_same_aspect
 from ..cupscale.tiling.grid import region_grid
 from ..cupscale.tiling.multidiffusion import TileBatch
 from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
+from .host import WrappersMP, sampler_helpers, samplers
 from .step_clock import clock_of, run_clock
-from .tiled_sampling import CONTEXTS_KEY, TILES_KEY, WrappersMP
+from .tiled_sampling import CONTEXTS_KEY, TILES_KEY
 from .tiled_sampling import WRAPPER_KEY as TILED_KEY
 from .unet_layers import Layer
 
@@ -59,15 +57,15 @@ def low_res_noise(noise: torch.Tensor, low: torch.Tensor, seed: int) -> torch.Te
 def capture_model_kwargs(model, conditioning: list, low: torch.Tensor, noise: torch.Tensor, seed: int) -> dict:
     """The global prompt as model kwargs for the low-res latent, through ComfyUI's own encode_model_conds
     (SDXL's size conditioning then comes from the low-res size)."""
-    conds = comfy.samplers.encode_model_conds(model.extra_conds, comfy.sampler_helpers.convert_cond(conditioning), noise,
+    conds = samplers.encode_model_conds(model.extra_conds, sampler_helpers.convert_cond(conditioning), noise,
                                               low.device, "positive", latent_image=low, seed=seed)
     batch = low.shape[0]
-    return comfy.samplers.cond_cat([{k: c.process_cond(batch_size=batch, area=None)
-                                     for k, c in conds[0]["model_conds"].items()}])
+    return samplers.cond_cat([{k: c.process_cond(batch_size=batch, area=None)
+                              for k, c in conds[0]["model_conds"].items()}])
 
 
 class AttentionPrior:
-    """The prior's wrappers: a PriorRun per sampling run, and the capture pass once per σ in the step range."""
+    """The prior's wrappers: a PriorRun per sampling run, and the capture pass once per sigma in the step range."""
 
     def __init__(self, low: torch.Tensor, conditioning: list, layers: list[Layer], start: float, end: float,
                  max_cells: int):
@@ -77,7 +75,8 @@ class AttentionPrior:
         self.layers = layers
         self.start, self.end = start, end
 
-    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                     *args, **kwargs):
         low = self.low
         if low.shape[0] not in (1, noise.shape[0]):
             raise ValueError(f"low_res_latent holds {low.shape[0]} latents but the sampler's batch has {noise.shape[0]}: "
@@ -88,16 +87,17 @@ class AttentionPrior:
                        latent_hw=tuple(noise.shape[-2:]))
         executor.class_obj.model_options.setdefault("transformer_options", {})[PRIOR_KEY] = run
         _, callback = run_clock(executor.class_obj.model_options, sigmas, callback)
-        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                        *args, **kwargs)
 
-    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
         run: PriorRun | None = model_options.get("transformer_options", {}).get(PRIOR_KEY)
         if run is not None:
             self.update(run, model, x_in, timestep, model_options)
-        return executor(model, conds, x_in, timestep, model_options)
+        return executor(model, conds, x_in, timestep, model_options, *args, **kwargs)
 
     def update(self, run: PriorRun, model, x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict) -> None:
-        """Capture at the step's first σ unless already done; outside the step range, hold no maps. Nothing here
+        """Capture at the step's first sigma unless already done; outside the step range, hold no maps. Nothing here
         reads a value back from the device: the step is the clock's."""
         clock = clock_of(model_options)
         step, progress = (0, 0.0) if clock is None else (clock.step, clock.progress)
@@ -111,7 +111,7 @@ class AttentionPrior:
             run.step = step
 
     def capture(self, run: PriorRun, model, like: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> dict:
-        """One UNet pass on z_L noised to σ with the global prompt, cond only; the routers record (RAP)."""
+        """One UNet pass on z_L noised to sigma with the global prompt, cond only; the routers record (RAP)."""
         low = run.low.to(like)
         noise = run.noise.to(like)
         if run.model_kwargs is None:
@@ -137,13 +137,15 @@ class Composer:
     settings: ComposerSettings
     dit: bool = False
 
-    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                     *args, **kwargs):
         run = ComposerRun(self.settings, TILES_NAME)
         options = executor.class_obj.model_options.setdefault("transformer_options", {})
         options[COMPOSER_KEY] = run
         if self.dit:
             options[CONTEXTS_KEY] = partial(self.contexts, run)
-        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                        *args, **kwargs)
 
     @staticmethod
     def contexts(run: ComposerRun, context: torch.Tensor, tiles: TileBatch | None, labels: list,

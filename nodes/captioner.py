@@ -9,13 +9,9 @@ from __future__ import annotations
 import os
 
 import torch
-
-import comfy.model_management
-import folder_paths
-from comfy_api.latest import io
 from PIL import Image
 
-from ..cupscale.captioning.backends import DTYPES, LocalVLM, OpenAIEndpoint
+from ..cupscale.captioning.backends import DTYPES, LocalVLM, OpenAIEndpoint, hub_repo_id
 from ..cupscale.captioning.cache import CACHE
 from ..cupscale.captioning.captioner import Captioner
 from ..cupscale.captioning.compose import caption_image
@@ -24,8 +20,10 @@ from ..cupscale.captioning.instructions import (DEGRADATION_TAGS, DESCRIPTION, X
 from ..cupscale.captioning.region_prompts import TYPE_NAME, from_json, to_json
 from ..cupscale.captioning.regions import image_grid, to_uint8_rgb
 from ..cupscale.tiling.grid import check_tile_settings
-from .host_services import model_folder_path, model_folders, progress_reporter, register_model_folder
-from .inputs import advanced, check_combos, combos_valid, tile_inputs, widget_names
+from .host import folder_paths, io, model_management
+from .host_services import (model_folder_path, model_folders, progress_reporter, register_model_folder,
+                            stop_if_interrupted)
+from .inputs import advanced, check_combos, tile_inputs, widget_names, widgets_valid
 
 LLM_FOLDER = "LLM"
 BACKENDS = ("local model", "endpoint")
@@ -54,11 +52,12 @@ def model_path(name: str) -> str:
 
 def local_backend(local_model: str, hf_repo_id: str, device: str, dtype: str, batch_size: int,
                   allow_download: bool) -> LocalVLM:
-    torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device(device)
+    torch_device = model_management.get_torch_device() if device == "auto" else torch.device(device)
     if hf_repo_id.strip():
         cache_dir = os.path.join(folder_paths.get_folder_paths(LLM_FOLDER)[0], ".hf_cache")
-        return LocalVLM(hf_repo_id.strip(), torch_device, dtype, batch_size, allow_download, cache_dir)
-    return LocalVLM(model_path(local_model), torch_device, dtype, batch_size)
+        return LocalVLM(hub_repo_id(hf_repo_id), torch_device, dtype, batch_size, allow_download, cache_dir,
+                        stop=stop_if_interrupted)
+    return LocalVLM(model_path(local_model), torch_device, dtype, batch_size, stop=stop_if_interrupted)
 
 
 def save_preview(image: torch.Tensor) -> dict:
@@ -165,7 +164,7 @@ class MLLMRegionCaptioner(io.ComfyNode):
     def validate_inputs(cls, local_model=None) -> bool | str:
         """The model folder only, before the run: the other dropdowns are checked when it starts
         (:meth:`caption`), so a missing folder stays the one input this check names."""
-        return combos_valid(cls, local_model=local_model)
+        return widgets_valid(cls, local_model=local_model)
 
     @classmethod
     def execute(cls, image, **inputs) -> io.NodeOutput:
@@ -204,7 +203,7 @@ class MLLMRegionCaptioner(io.ComfyNode):
                 global_prompt=global_prompt, prefix=prefix, suffix=suffix,
                 fallback_to_global=FAILURE_POLICIES.get(on_region_failure, False))
             mllm = (local_backend(local_model, hf_repo_id, device, dtype, batch_size, allow_download) if local
-                    else OpenAIEndpoint(endpoint_url, endpoint_model, timeout_s, retries))
+                    else OpenAIEndpoint(endpoint_url, endpoint_model, timeout_s, retries, stop=stop_if_interrupted))
             try:
                 prompts = caption_image(image, grid, Captioner(mllm, CACHE, max_tokens, progress_reporter()), request)
             finally:

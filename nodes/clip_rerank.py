@@ -12,13 +12,10 @@ from pathlib import Path
 
 import torch
 
-import comfy.model_management
-import folder_paths
-from comfy_api.latest import io
-
 from ..cupscale.editing.rerank import best_k, clip_scores
-from .host_services import model_folder_path, model_folders, register_model_folder
-from .inputs import combos_valid, widget_names
+from .host import folder_paths, io, model_management
+from .host_services import model_folder_path, model_folders, register_model_folder, stop_if_interrupted
+from .inputs import widget_names, widgets_valid
 
 CLIP_FOLDER = "clip_rerank"
 
@@ -79,7 +76,7 @@ class CLIPRerank(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, clip_model=None) -> bool | str:
-        return combos_valid(cls, clip_model=clip_model)
+        return widgets_valid(cls, clip_model=clip_model)
 
     @classmethod
     def execute(cls, images, clip_model, text, keep, mask=None) -> io.NodeOutput:
@@ -87,14 +84,14 @@ class CLIPRerank(io.ComfyNode):
             raise ValueError(f"keep = {keep} but the batch holds {images.shape[0]} candidates: lower keep, or make "
                              f"more candidates (e.g. RepeatLatentBatch before sampling).")
         model, processor = load_clip(clip_model)
-        device = comfy.model_management.get_torch_device()
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        device = model_management.get_torch_device()
+        stop_if_interrupted()
         model.to(device)
         try:
             with widget_names():
                 scores = clip_scores(model, processor, images, text, device, mask)
         finally:
-            model.to(comfy.model_management.unet_offload_device())
+            model.to(model_management.unet_offload_device())
         with widget_names():
             ranking = best_k(scores, keep)
         logging.info("CLIPRerank: %s", ranking.describe())

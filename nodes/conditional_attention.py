@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
-
 from ..cupscale.xpsr.sfa import conditional_attention
+from .host import TimestepEmbedSequential, Upsample
 
 CONDITIONAL_KEY = "cupscale_xpsr_conditional"
 

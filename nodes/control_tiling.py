@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-import comfy.utils
-
 from ..cupscale.tiling.multidiffusion import TileBatch
+from .host import comfy_utils
 
 
 class DeferredControl:
@@ -79,13 +78,13 @@ class TiledHints:
         key = (id(control), latent_hw)
         if key not in self.full:
             r = control.compression_ratio
-            self.full[key] = comfy.utils.common_upscale(
+            self.full[key] = comfy_utils.common_upscale(
                 control.cond_hint_original, latent_hw[1] * r, latent_hw[0] * r, control.upscale_algorithm, "center")
         full, r = self.full[key], control.compression_ratio
         parts = []
         for b in batch.boxes:
             crop = full[:, :, b.top * r:b.bottom * r, b.left * r:b.right * r]
-            parts.append(comfy.utils.repeat_to_batch_size(crop, batch.images))
+            parts.append(comfy_utils.repeat_to_batch_size(crop, batch.images))
         return torch.cat(parts)
 
     def evaluate(self, request: ControlRequest, batch: TileBatch, x, t, cond, transformer_options):

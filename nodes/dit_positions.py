@@ -10,16 +10,14 @@ any other call (plain sampling, the prior's capture pass, reference latents) get
 """
 from __future__ import annotations
 
+import inspect
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
 
-from comfy.ldm.flux.model import Flux
-from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
-from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
-
 from ..cupscale.tiling.positions import centred_shift, id_offsets, table_crops
+from .host import Flux, MMDiT, QwenImageTransformer2DModel
 
 KINDS = {Flux: "flux", MMDiT: "sd3", QwenImageTransformer2DModel: "qwen_image"}
 """The DiT families the pack tiles, by their ComfyUI class (subclasses such as Flux Kontext included)."""
@@ -66,11 +64,17 @@ class RopeIds:
 
     def __init__(self, original, centred: bool):
         self.original, self.centred = original, centred
+        self.signature = inspect.signature(original)
 
-    def __call__(self, x, index=0, h_offset=0, w_offset=0):
-        out = self.original(x, index=index, h_offset=h_offset, w_offset=w_offset)
+    def __call__(self, x, *args, **kwargs):
+        out = self.original(x, *args, **kwargs)
         place = ACTIVE.get()
-        if place is None or index or h_offset or w_offset or out[1].shape[0] != len(place.origins):
+        if place is None or out[1].shape[0] != len(place.origins):
+            return out
+        # Whatever else the host passes (transformer_options since late 2025) goes on untouched; the image's
+        # index and offsets are read by name from the host's own signature.
+        called = self.signature.bind(x, *args, **kwargs).arguments
+        if any(called.get(name) for name in ("index", "h_offset", "w_offset")):
             return out
         return (out[0], out[1] + place.offsets(out[1], self.centred), *out[2:])
 
@@ -81,15 +85,17 @@ class TableCrops:
 
     def __init__(self, original, net):
         self.original, self.net = original, net
+        self.signature = inspect.signature(original)
 
-    def __call__(self, hw, device=None):
+    def __call__(self, hw, *args, **kwargs):
         place = ACTIVE.get()
         table = self.net.pos_embed
         if place is not None and table is not None:
             crops = table_crops(table, place.tile_hw, place.whole_hw, place.origins)
             if crops is not None:
+                device = self.signature.bind(hw, *args, **kwargs).arguments.get("device")
                 return crops.to(device) if device is not None else crops
-        return self.original(hw, device=device)
+        return self.original(hw, *args, **kwargs)
 
 
 def add_position_patches(model_patcher) -> None:

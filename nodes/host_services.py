@@ -1,12 +1,11 @@
-"""The host's services as the node families use them: model folders and cancellable progress."""
+"""The host's services as the node families use them: model folders, cancellable progress, and cancels heard
+between a UNet's blocks."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import comfy.model_management
-import comfy.utils
-import folder_paths
+from .host import comfy_utils, folder_paths, model_management
 
 
 def register_model_folder(name: str) -> None:
@@ -45,15 +44,41 @@ def model_folder_path(kind: str, name: str) -> Path | None:
 def free_memory(device) -> int:
     """Bytes free for new tensors on ``device``, as the host counts them (the system's available RAM for the
     CPU; the card's free memory plus what torch holds unused for a GPU)."""
-    return comfy.model_management.get_free_memory(device)
+    return model_management.get_free_memory(device)
+
+
+def stop_if_interrupted() -> None:
+    """Raises the host's interrupt when the user has cancelled: the ``stop`` the core's long calls take."""
+    model_management.throw_exception_if_processing_interrupted()
+
+
+def input_block_check(h, *args, **kwargs):
+    """A UNet input block patch that only listens for the user's cancel: heard between blocks, a
+    fraction of a second on a CPU, rather than after a whole batch of tiles (seconds to minutes)."""
+    stop_if_interrupted()
+    return h
+
+
+def output_block_check(h, hsp, *args, **kwargs):
+    """The same between output blocks (whose patches also carry the skip connection)."""
+    stop_if_interrupted()
+    return h, hsp
+
+
+def add_block_checks(model_patcher) -> None:
+    """Listen for cancels between a UNet's blocks (DiTs take no such patch and ignore it); once per clone."""
+    patches = model_patcher.model_options.get("transformer_options", {}).get("patches", {})
+    if input_block_check not in patches.get("input_block_patch", []):
+        model_patcher.set_model_input_block_patch(input_block_check)
+        model_patcher.set_model_output_block_patch(output_block_check)
 
 
 def progress_reporter():
     """A ``report(done, total)`` callback for the core: moves the node's progress bar and stops
     the work at once when the user cancels."""
-    bar = comfy.utils.ProgressBar(1)
+    bar = comfy_utils.ProgressBar(1)
 
     def report(done: int, total: int) -> None:
-        comfy.model_management.throw_exception_if_processing_interrupted()
+        stop_if_interrupted()
         bar.update_absolute(done, max(total, 1))
     return report

@@ -1,6 +1,7 @@
 """Arbitrary-scale decoding: LIIF upscaling of images and implicit decoding of latents.
 
-Loaders read the official layouts from two model folders registered with ComfyUI:
+Loaders read the official layouts from two model folders registered with ComfyUI, building the layers from
+ComfyUI's own ops (no random initialisation before the weights are read):
 ``models/liif`` (LIIF's released EDSR-baseline-LIIF / RDN-LIIF) and ``models/implicit_decoders``
 (first-stage decoders of arbitrary-scale latent diffusion, e.g. from ``train/train_implicit_decoder.py``).
 The maths is in ``cupscale.liif.model``; checkpoint layouts and their checks in ``cupscale.liif.checkpoints``.
@@ -11,16 +12,13 @@ from contextlib import contextmanager
 
 import torch
 
-import comfy.model_management
-import folder_paths
-from comfy_api.latest import io
-
 from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
 from ..cupscale.checkpoints import CheckpointError
-from ..cupscale.guards import check_finite, check_fits
+from ..cupscale.guards import check_finite, check_fits, check_not_empty
+from .host import folder_paths, io, model_management, ops
 from .host_services import free_memory, progress_reporter, register_model_folder
-from .inputs import combos_valid, widget_names
+from .inputs import widget_names, widgets_valid
 
 LIIF_FOLDER = "liif"
 DECODER_FOLDER = "implicit_decoders"
@@ -34,27 +32,27 @@ register_model_folder(DECODER_FOLDER)
 
 
 def run_on_device(model: liif.ImplicitImageFunction, x: torch.Tensor, out_hw: tuple[int, int],
-                  tile: int) -> torch.Tensor:
+                  tile: int, size: str) -> torch.Tensor:
     """Render on ComfyUI's device into a buffer on its intermediate device, with a progress bar
-    over the query chunks of every tile and a check for the user's cancel between them."""
-    device = comfy.model_management.get_torch_device()
-    buffer_device = comfy.model_management.intermediate_device()
-    with widget_names(batch="batch"):
+    over the query chunks of every tile and a check for the user's cancel between them. Refused first
+    when the output is past the server's pixel budget or the free memory (``size``: the inputs setting it)."""
+    device = model_management.get_torch_device()
+    buffer_device = model_management.intermediate_device()
+    with widget_names(batch="batch", size=size):
+        liif.check_output_budget(x.shape[0], out_hw, model.head.out_dim)
         check_fits(x.shape[0] * out_hw[0] * out_hw[1] * model.head.out_dim * 4, free_memory(buffer_device),
                    f"The {out_hw[1]}x{out_hw[0]} output of {x.shape[0]} image(s) (float32)",
-                   "lower the output size (scale_by, width, height) or split the {batch} into smaller ones.",
-                   batch="batch")
-    out = torch.empty((x.shape[0], *out_hw, model.head.out_dim), dtype=torch.float32,
-                      device=comfy.model_management.intermediate_device())
-    needed = comfy.model_management.module_size(model) + liif.working_bytes(model, x, tile)
-    comfy.model_management.free_memory(needed, device)
+                   "lower {size} or split the {batch} into smaller ones.", batch="batch", size="size")
+    out = torch.empty((x.shape[0], *out_hw, model.head.out_dim), dtype=torch.float32, device=buffer_device)
+    needed = model_management.module_size(model) + liif.working_bytes(model, x, tile)
+    model_management.free_memory(needed, device)
     progress = progress_reporter()
     model.to(device)
     try:
         with torch.inference_mode():
             liif.render(model, x.to(device, torch.float32), out_hw, tile=tile, on_progress=progress, out=out)
     finally:
-        model.to(comfy.model_management.unet_offload_device())
+        model.to(model_management.unet_offload_device())
     return liif.to_image_(out)
 
 
@@ -83,12 +81,13 @@ class ImplicitUpscaleModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name=None) -> bool | str:
-        return combos_valid(cls, model_name=model_name)
+        return widgets_valid(cls, model_name=model_name)
 
     @classmethod
     def execute(cls, model_name) -> io.NodeOutput:
         with named_file("model_name", model_name):
-            return io.NodeOutput(load_liif(folder_paths.get_full_path_or_raise(LIIF_FOLDER, model_name)))
+            return io.NodeOutput(load_liif(folder_paths.get_full_path_or_raise(LIIF_FOLDER, model_name),
+                                           ops.disable_weight_init))
 
 
 class ImplicitUpscale(io.ComfyNode):
@@ -117,14 +116,20 @@ class ImplicitUpscale(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, scale_by=None, width=None, height=None, tile_size=None) -> bool | str:
+        return widgets_valid(cls, scale_by=scale_by, width=width, height=height, tile_size=tile_size)
+
+    @classmethod
     def execute(cls, implicit_model, image, scale_by, width, height, tile_size) -> io.NodeOutput:
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"image has shape {tuple(image.shape)}; LIIF models take RGB images (B, H, W, 3): "
                              f"drop the alpha channel or convert to RGB first.")
         with widget_names(f="image"):
+            check_not_empty(image, "f")
             check_finite(image, "f")
         out_hw = liif.output_size(tuple(image.shape[1:3]), scale_by, width, height)
-        return io.NodeOutput(run_on_device(implicit_model, liif.to_signed(image), out_hw, tile_size))
+        return io.NodeOutput(run_on_device(implicit_model, liif.to_signed(image), out_hw, tile_size,
+                                           "scale_by (or width, height)"))
 
 
 class ImplicitDecoderLoader(io.ComfyNode):
@@ -145,13 +150,13 @@ class ImplicitDecoderLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, decoder_name=None) -> bool | str:
-        return combos_valid(cls, decoder_name=decoder_name)
+        return widgets_valid(cls, decoder_name=decoder_name)
 
     @classmethod
     def execute(cls, decoder_name) -> io.NodeOutput:
         with named_file("decoder_name", decoder_name):
-            return io.NodeOutput(load_implicit_decoder(folder_paths.get_full_path_or_raise(DECODER_FOLDER,
-                                                                                          decoder_name)))
+            return io.NodeOutput(load_implicit_decoder(folder_paths.get_full_path_or_raise(DECODER_FOLDER, decoder_name),
+                                                       ops.disable_weight_init))
 
 
 class ImplicitLatentDecode(io.ComfyNode):
@@ -176,6 +181,10 @@ class ImplicitLatentDecode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=None, height=None, tile_size=None) -> bool | str:
+        return widgets_valid(cls, width=width, height=height, tile_size=tile_size)
+
+    @classmethod
     def execute(cls, decoder: ImplicitDecoder, samples, width, height, tile_size) -> io.NodeOutput:
         latent = samples["samples"]
         channels = decoder.info.trunk.z_channels
@@ -184,9 +193,10 @@ class ImplicitLatentDecode(io.ComfyNode):
                              f"image latents (B, {channels}, h, w): it is an {decoder.info.describe()}. Use the "
                              f"decoder trained for this model's VAE.")
         with widget_names(f="samples"):
+            check_not_empty(latent, "f")
             check_finite(latent, "f")
         out_hw = liif.output_size(tuple(latent.shape[-2:]), 1.0, width, height)
-        return io.NodeOutput(run_on_device(decoder.model, latent, out_hw, tile_size))
+        return io.NodeOutput(run_on_device(decoder.model, latent, out_hw, tile_size, "width, height"))
 
 
 NODES = [ImplicitUpscaleModelLoader, ImplicitUpscale, ImplicitDecoderLoader, ImplicitLatentDecode]

@@ -1,11 +1,11 @@
 """What several node families declare alike: the tile inputs, a step range, and core errors in widget names."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
-from comfy_api.latest import io
-
 from ..cupscale.errors import InputError, RunError
+from .host import io
 
 
 def tile_inputs(what: str, note: str, default: int = 1024) -> list[io.Input]:
@@ -52,14 +52,42 @@ def combo_problem(node: type[io.ComfyNode], **values) -> str | None:
     return "; ".join(wrong) + ": choose one of the listed values." if wrong else None
 
 
-def combos_valid(node: type[io.ComfyNode], **values) -> bool | str:
-    """For a node's ``validate_inputs`` (which lists the dropdowns it checks): True, or the message."""
-    return combo_problem(node, **values) or True
+def number_problem(node: type[io.ComfyNode], **values) -> str | None:
+    """What is wrong with the numbers given (None: linked, unknown until the run): not finite, or outside the
+    bounds ``node``'s schema declares. The host's own bounds check lets NaN through (every comparison with it
+    is false), and a NaN met later fails far from its input (a sampler's "cannot convert float NaN to
+    integer"); the host skips its bounds check for an input the node's ``validate_inputs`` names."""
+    bounds = {i.id: (getattr(i, "min", None), getattr(i, "max", None)) for i in node.define_schema().inputs
+              if isinstance(i, (io.Float.Input, io.Int.Input))}
+    wrong = []
+    for name, value in values.items():
+        low, high = bounds[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if value is not None and (not number or (low is not None and value < low)
+                                  or (high is not None and value > high)):
+            wrong.append(f"{name} = {value!r} must be a finite number from {low} to {high}")
+    return "; ".join(wrong) + "." if wrong else None
+
+
+def widgets_valid(node: type[io.ComfyNode], **values) -> bool | str:
+    """For a node's ``validate_inputs``, which names its widgets: True, or what is wrong with the dropdowns and
+    numbers given, so a value that alone decides is refused before anything runs."""
+    combos = set(combo_options(node))
+    problems = [combo_problem(node, **{k: v for k, v in values.items() if k in combos}),
+                number_problem(node, **{k: v for k, v in values.items() if k not in combos})]
+    return " ".join(p for p in problems if p) or True
 
 
 def check_combos(node: type[io.ComfyNode], **values) -> None:
-    """At the run, for dropdowns a node does not check in ``validate_inputs``: a ValueError naming the input."""
+    """At the run, for dropdowns given by a link: a ValueError naming the input."""
     problem = combo_problem(node, **values)
+    if problem:
+        raise ValueError(problem)
+
+
+def check_numbers(node: type[io.ComfyNode], **values) -> None:
+    """At the run, for numbers given by a link: a ValueError naming each one not finite or out of bounds."""
+    problem = number_problem(node, **values)
     if problem:
         raise ValueError(problem)
 

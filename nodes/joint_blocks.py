@@ -18,13 +18,12 @@ from functools import partial
 
 import torch
 
-import comfy.ldm.modules.attention as attention
-
 from ..cupscale.priors.items import item_regions, on_cond_items
 from ..cupscale.priors.joint_attention import capture_text, joint_prior_attention, read_text_prior
 from ..cupscale.tiling.positions import patch_grid
 from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
 from .dit_positions import dit_kind, patch_cells
+from .host import attention
 from .tiled_sampling import TILES_KEY
 from .unet_layers import Layer
 

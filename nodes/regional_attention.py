@@ -8,9 +8,6 @@ the whole latent is one region); AttentionComposer composes in the layers the pr
 """
 from __future__ import annotations
 
-import comfy.patcher_extension
-from comfy_api.latest import io
-
 from ..cupscale.captioning.region_prompts import TYPE_NAME as REGION_PROMPTS
 from ..cupscale.guards import check_finite
 from ..cupscale.latents import layout
@@ -18,13 +15,12 @@ from ..cupscale.priors.composer import ComposerSettings, RegionTexts, from_regio
 from ..cupscale.schedule import check_percent_range
 from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
 from .attention_runs import AttentionPrior, Composer
-from .inputs import advanced, combos_valid, percent_range_inputs, widget_names
+from .host import WrappersMP, io
+from .inputs import advanced, check_numbers, percent_range_inputs, widget_names, widgets_valid
 from .tiled_sampling import latent_ratio
 from .dit_positions import dit_kind
 from .joint_blocks import JointBlockRouter, context_channels, joint_blocks, joint_routers
 from .unet_layers import BLOCKS, RESOLUTIONS, select_layers
-
-WrappersMP = comfy.patcher_extension.WrappersMP
 
 
 # The training resolution of each family, told apart by its cross-attention width: SD1.x, SD2.x, SDXL.
@@ -37,11 +33,21 @@ def check_context(what: str, channels: int, expected: int, fix: str) -> None:
                          f"{fix}")
 
 
+MIN_LOW_RES_SIDE = 2
+"""Latent cells a side the low-res latent needs at least: the prior crops its attention maps per region, and
+a map of one cell has nothing to crop (a 1 x 1 latent failed inside the model's normalisation, at the KSampler)."""
+
+
 def check_low_res_latent(samples, channels: int, ndim: int = 4) -> None:
     if samples.ndim != ndim or samples.numel() == 0 or samples.shape[1] != channels:
         raise ValueError(f"low_res_latent has shape {tuple(samples.shape)}: RegionalAttentionPrior needs an image "
                          f"latent {layout(ndim)} with this model's {channels} channels, e.g. VAE Encode of the "
                          f"low-res image.")
+    if min(samples.shape[-2:]) < MIN_LOW_RES_SIDE:
+        height, width = samples.shape[-2:]
+        raise ValueError(f"low_res_latent is {height}x{width} latent cells: RegionalAttentionPrior needs at least "
+                         f"{MIN_LOW_RES_SIDE} a side to crop its attention per region: give the latent of the "
+                         f"low-res image (VAE Encode), at least {MIN_LOW_RES_SIDE * 8} pixels a side for an 8x VAE.")
     with widget_names(f="low_res_latent"):
         check_finite(samples, "f")
 
@@ -93,8 +99,10 @@ class RegionalAttentionPrior(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, blocks=None, resolutions=None) -> bool | str:
-        return combos_valid(cls, blocks=blocks, resolutions=resolutions)
+    def validate_inputs(cls, blocks=None, resolutions=None, start_percent=None, end_percent=None,
+                        capture_size=None) -> bool | str:
+        return widgets_valid(cls, blocks=blocks, resolutions=resolutions, start_percent=start_percent,
+                             end_percent=end_percent, capture_size=capture_size)
 
     @classmethod
     def execute(cls, model, low_res_latent, global_conditioning, blocks, resolutions, start_percent,
@@ -169,13 +177,16 @@ class AttentionComposer(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weight=None) -> bool | str:
+        return widgets_valid(cls, weight=weight)
+
+    @classmethod
     def execute(cls, model, clip, weight, region_prompts=None, text="") -> io.NodeOutput:
         dit = dit_kind(model) is not None
         if not (joint_routers(model) if dit else routers(model)):
             raise ValueError("AttentionComposer needs RegionalAttentionPrior before it: connect MODEL -> "
                              "RegionalAttentionPrior -> AttentionComposer (it composes in the layers the prior patches).")
-        if not 0 <= weight <= 1:
-            raise ValueError(f"weight = {weight} must lie in [0, 1].")
+        check_numbers(cls, weight=weight)
         texts = region_texts(region_prompts, text)
         encoded = {prompt: clip.encode_from_tokens(clip.tokenize(prompt)) for prompt in dict.fromkeys(texts.prompts)}
         channels = context_channels(model) if dit else routers(model)[0].attn2.to_k.in_features

@@ -9,32 +9,29 @@ from __future__ import annotations
 
 import functools
 
-import comfy.model_management
-import comfy.model_sampling
-import comfy.samplers
-from comfy_api.latest import io
-
 from ..cupscale.editing import repaint
-from .inputs import widget_names
+from .host import io, model_sampling, samplers
+from .host_services import stop_if_interrupted
+from .inputs import widget_names, widgets_valid
 
 # These two choose their own steps between the first and last sigma, so they cannot follow a zigzag.
 OWN_STEP_SAMPLERS = {"dpm_fast_function": "dpm_fast", "dpm_adaptive_function": "dpm_adaptive"}
 
 
-def renoise_for(model_sampling):
+def renoise_for(sampling):
     """The exact re-noising for the model's parametrisation, read off its ``noise_scaling``."""
-    scaling = type(model_sampling).noise_scaling
-    if scaling is comfy.model_sampling.EPS.noise_scaling:
+    scaling = type(sampling).noise_scaling
+    if scaling is model_sampling.EPS.noise_scaling:
         return repaint.renoise_ve
-    if scaling is comfy.model_sampling.CONST.noise_scaling:
+    if scaling is model_sampling.CONST.noise_scaling:
         return repaint.renoise_flow
-    raise ValueError(f"RePaint cannot re-noise for {type(model_sampling).__name__} model sampling: it supports "
+    raise ValueError(f"RePaint cannot re-noise for {type(sampling).__name__} model sampling: it supports "
                      "x0 + sigma*eps models (EPS, V_PREDICTION, EDM: SD1.5, SDXL, ...) and rectified flow (CONST: "
                      "SD3, Flux, ...). Sample this model without the RePaint sampler.")
 
 
 def check_sampler(sampler) -> None:
-    if not isinstance(sampler, comfy.samplers.KSAMPLER):
+    if not isinstance(sampler, samplers.KSAMPLER):
         raise ValueError(f"sampler: RePaint wraps k-diffusion samplers (KSamplerSelect or a Sampler... node), "
                          f"not {type(sampler).__name__}.")
     name = OWN_STEP_SAMPLERS.get(getattr(sampler.sampler_function, "__name__", ""))
@@ -43,10 +40,10 @@ def check_sampler(sampler) -> None:
                          "use euler, euler_ancestral, dpmpp_2m, ... instead.")
 
 
-class RePaintKSampler(comfy.samplers.Sampler):
+class RePaintKSampler(samplers.Sampler):
     """A SAMPLER: ``inner`` (a KSAMPLER) along RePaint's schedule over the sigmas it is given."""
 
-    def __init__(self, inner: comfy.samplers.KSAMPLER, jump_length: int, resample_count: int):
+    def __init__(self, inner: samplers.KSAMPLER, jump_length: int, resample_count: int):
         self.inner, self.jump_length, self.resample_count = inner, jump_length, resample_count
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
@@ -60,11 +57,11 @@ class RePaintKSampler(comfy.samplers.Sampler):
             repaint.sample_repaint, path=path,
             sample_run=functools.partial(self.inner.sampler_function, **self.inner.extra_options),
             renoise=renoise_for(model_wrap.inner_model.model_sampling),
-            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+            check_interrupt=stop_if_interrupted)
         total = repaint.forward_steps(path)
         # The host's progress callback takes the total; give it the real number of steps, jumps included.
         report = None if callback is None else (lambda i, x0, x, _steps: callback(i, x0, x, total))
-        ksampler = comfy.samplers.KSAMPLER(walk, inpaint_options=self.inner.inpaint_options)
+        ksampler = samplers.KSAMPLER(walk, inpaint_options=self.inner.inpaint_options)
         return ksampler.sample(model_wrap, sigmas, extra_args, report, noise, latent_image, denoise_mask, disable_pbar)
 
 
@@ -91,6 +88,10 @@ class RePaintSampler(io.ComfyNode):
             ],
             outputs=[io.Sampler.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, jump_length=None, resample_count=None) -> bool | str:
+        return widgets_valid(cls, jump_length=jump_length, resample_count=resample_count)
 
     @classmethod
     def execute(cls, sampler, jump_length, resample_count) -> io.NodeOutput:

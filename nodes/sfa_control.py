@@ -13,18 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import comfy.cldm.cldm
-import comfy.controlnet
-import comfy.ldm.modules.attention as attention
-import comfy.model_management
-import comfy.ops
-import comfy.utils
-from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepBlock
-from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
-
 from ..cupscale.xpsr.checkpoint import XPSRArchitecture, XPSRWeights, check_layout
 from ..cupscale.xpsr.sfa import SemanticFusionAttention, Transformer2D, low_level_batch
 from .conditional_attention import CONDITIONAL_KEY, ConditionalContext
+from .host import TimestepBlock, attention, cldm, comfy_utils, controlnet, model_management, ops, timestep_embedding
 
 HINT_RESIZE = "bicubic"  # XPSR's test script resizes the LR image with PIL's default, bicubic
 
@@ -35,7 +27,7 @@ def host_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
     return attention.optimized_attention(q, k, v, heads)
 
 
-class SFAControlNetModel(comfy.cldm.cldm.ControlNet):
+class SFAControlNetModel(cldm.ControlNet):
     """ComfyUI's ControlNet with Eq. 2's SFA for every SpatialTransformer, plus the UNet's
     Conditional Attention layers (``conditional_attention.I``, run by the UNet, not here)."""
 
@@ -91,7 +83,7 @@ class LowLevelPrompts:
     negative: torch.Tensor
 
 
-class SFAControl(comfy.controlnet.ControlNet):
+class SFAControl(controlnet.ControlNet):
     """A ControlNet whose model also takes the low-level embedding, and which publishes its
     residuals for the UNet's Conditional Attention. Keeps ``cond_hint_original``,
     ``compression_ratio`` and ``upscale_algorithm`` so tiled sampling can crop its hint."""
@@ -116,11 +108,11 @@ class SFAControl(comfy.controlnet.ControlNet):
         r = self.compression_ratio
         height, width = x.shape[-2] * r, x.shape[-1] * r
         if self.cond_hint is None or tuple(self.cond_hint.shape[-2:]) != (height, width):
-            resized = comfy.utils.common_upscale(self.cond_hint_original, width, height, self.upscale_algorithm,
+            resized = comfy_utils.common_upscale(self.cond_hint_original, width, height, self.upscale_algorithm,
                                                  "center")
             self.cond_hint = resized.clamp(0, 1).to(x.device, dtype)
         if self.cond_hint.shape[0] != x.shape[0]:
-            self.cond_hint = comfy.controlnet.broadcast_image_to(self.cond_hint, x.shape[0], batched_number)
+            self.cond_hint = controlnet.broadcast_image_to(self.cond_hint, x.shape[0], batched_number)
         return self.cond_hint
 
     def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
@@ -149,11 +141,11 @@ class SFAControl(comfy.controlnet.ControlNet):
 def build_control(weights: XPSRWeights) -> SFAControl:
     """Build the model on the meta device, check the weights against it, then take them as they are."""
     params = sum(v.numel() for v in weights.state_dict.values())
-    load_device = comfy.model_management.get_torch_device()
-    dtype = comfy.model_management.unet_dtype(model_params=params)
-    manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device)
-    ops = comfy.ops.disable_weight_init if manual_cast is None else comfy.ops.manual_cast
-    model = SFAControlNetModel(weights.architecture, dtype, "meta", ops)
+    load_device = model_management.get_torch_device()
+    dtype = model_management.unet_dtype(model_params=params)
+    manual_cast = model_management.unet_manual_cast(dtype, load_device)
+    operations = ops.disable_weight_init if manual_cast is None else ops.manual_cast
+    model = SFAControlNetModel(weights.architecture, dtype, "meta", operations)
     check_layout({k: tuple(v.shape) for k, v in model.state_dict().items()}, weights)
     model.load_state_dict({k: v.to(dtype) for k, v in weights.state_dict.items()}, assign=True)
     return SFAControl(model, load_device=load_device, manual_cast_dtype=manual_cast)

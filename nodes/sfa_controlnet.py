@@ -15,14 +15,12 @@ import logging
 
 import torch
 
-import folder_paths
-from comfy_api.latest import io
-
 from ..cupscale.schedule import check_percent_range
 from ..cupscale.xpsr.checkpoint import XPSRArchitecture, load_xpsr
 from .conditional_attention import with_conditional_attention
+from .host import folder_paths, io
 from .host_services import register_model_folder
-from .inputs import percent_range_inputs, widget_names
+from .inputs import check_numbers, percent_range_inputs, widget_names, widgets_valid
 from .sfa_control import LowLevelPrompts, SFAControlNet, build_control
 
 XPSR_FOLDER = "xpsr"
@@ -58,24 +56,35 @@ class SFAControlNetLoader(io.ComfyNode):
             outputs=[SFA_CONTROLNET.Output()],
         )
 
+    COMBOS_AT_RUN = ("unet",)
+    """Checked when the run starts: the host lays a failed validate_inputs on every input it names, so that
+    check names controlnet alone and a missing unet file is named here, by itself."""
+
     @classmethod
-    def validate_inputs(cls, controlnet, unet) -> bool | str:
+    def validate_inputs(cls, controlnet=None) -> bool | str:
         """The host checks V3 dropdowns against their options only in the frontend: a saved workflow naming
         files that are not there fails here, before the run, as a V1 dropdown would."""
-        files = folder_paths.get_filename_list(XPSR_FOLDER)
-        missing = [f"{name} = {value!r}" for name, value in (("controlnet", controlnet), ("unet", unet))
-                   if value is not None and value not in files]
-        return not missing or (f"{', '.join(missing)} not found in models/xpsr: place XPSR's release there, or choose "
-                               f"files from the list.")
+        return missing_file("controlnet", controlnet) or True
 
     @classmethod
     def execute(cls, controlnet, unet) -> io.NodeOutput:
+        problem = missing_file("unet", unet)
+        if problem:
+            raise ValueError(problem)
         with widget_names(controlnet="controlnet", unet="unet"):
             weights = load_xpsr(folder_paths.get_full_path_or_raise(XPSR_FOLDER, controlnet),
                                 folder_paths.get_full_path_or_raise(XPSR_FOLDER, unet))
         logging.info("XPSR: %d weights from %s and %s; %d used only by the training loss (Eq. 3) skipped.",
                      len(weights.state_dict), controlnet, unet, len(weights.training_only))
         return io.NodeOutput(SFAControlNet(build_control(weights), weights.architecture))
+
+
+def missing_file(name: str, value: str | None) -> str | None:
+    """Why the file chosen for ``name`` cannot be loaded (not in models/xpsr), or None."""
+    if value is None or value in folder_paths.get_filename_list(XPSR_FOLDER):
+        return None
+    return (f"{name} = {value!r} not found in models/xpsr: place XPSR's release there, or choose a file from the "
+            f"list.")
 
 
 def unet_fields(arch: XPSRArchitecture) -> dict:
@@ -158,12 +167,17 @@ class SFAControlNetApply(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, strength=None, start_percent=None, end_percent=None) -> bool | str:
+        return widgets_valid(cls, strength=strength, start_percent=start_percent, end_percent=end_percent)
+
+    @classmethod
     def execute(cls, model, positive, negative, low_level, sfa_controlnet, image, strength, start_percent,
                 end_percent, low_level_negative=None) -> io.NodeOutput:
         arch = sfa_controlnet.architecture
         if image.ndim != 4 or image.shape[-1] != arch.hint_channels:
             raise ValueError(f"image has shape {tuple(image.shape)}; XPSR's ControlNet reads RGB images "
                              f"(B, H, W, {arch.hint_channels}): drop the alpha channel or convert to RGB first.")
+        check_numbers(cls, strength=strength)
         with widget_names(start="start_percent", end="end_percent"):
             check_percent_range(start_percent, end_percent, "set strength 0 to turn the control off")
         check_model(model, arch)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import torch
 
-import comfy.patcher_extension
-from comfy_api.latest import io
-
 from ..cupscale.priors.structure import (DECAY_SHAPES, reference_at, reference_for_batch, step_weight, upscale_factor,
                                          working_band)
 from ..cupscale.schedule import check_percent_range
 from ..cupscale.tiling.lowpass import align_low_frequencies, lowpass
 from ..cupscale.guards import check_finite
 from ..cupscale.latents import layout
-from .inputs import combos_valid, percent_range_inputs, widget_names
+from .host import WrappersMP, io
+from .inputs import check_numbers, percent_range_inputs, widget_names, widgets_valid
 from .step_clock import clock_of, run_clock
 
 
@@ -53,10 +51,12 @@ class StructureGuide:
         amount, reference_low = self.reference_low(denoised)
         return align_low_frequencies(denoised, reference_low, weight, self.kind, amount)
 
-    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                     *args, **kwargs):
         self.reference_low(noise)
         _, callback = run_clock(executor.class_obj.model_options, sigmas, callback)
-        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                        *args, **kwargs)
 
 
 def check_reference(samples: torch.Tensor, channels: int, ndim: int = 4) -> None:
@@ -110,8 +110,10 @@ class LowFreqStructureGuide(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, lowpass=None, decay=None) -> bool | str:
-        return combos_valid(cls, lowpass=lowpass, decay=decay)
+    def validate_inputs(cls, lowpass=None, decay=None, strength=None, sigma=None, cutoff=None, start_percent=None,
+                        end_percent=None) -> bool | str:
+        return widgets_valid(cls, lowpass=lowpass, decay=decay, strength=strength, sigma=sigma, cutoff=cutoff,
+                             start_percent=start_percent, end_percent=end_percent)
 
     @classmethod
     def execute(cls, model, reference, strength, lowpass, sigma, cutoff, start_percent, end_percent,
@@ -119,20 +121,16 @@ class LowFreqStructureGuide(io.ComfyNode):
         samples = reference["samples"]
         latent_format = model.model.latent_format
         check_reference(samples, latent_format.latent_channels, latent_format.latent_dimensions + 2)
-        if not 0 <= strength <= 1:
-            raise ValueError(f"strength = {strength} must lie in [0, 1].")
+        check_numbers(cls, strength=strength, sigma=sigma, cutoff=cutoff)
         with widget_names(start="start_percent", end="end_percent"):
             check_percent_range(start_percent, end_percent, "set strength 0 to turn the guide off")
         amount = sigma if lowpass == "gaussian" else cutoff
-        if amount <= 0:
-            raise ValueError(f"{'sigma' if lowpass == 'gaussian' else 'cutoff'} = {amount} must be positive for "
-                             f"lowpass = {lowpass} (set strength 0 to turn the guide off).")
         guide = StructureGuide(latent_format.process_in(samples.float()), strength, lowpass, amount,
                                start_percent, end_percent, decay)
         patched = model.clone()
         # A plain closure: model_options are deep-copied on every clone, a function is copied by reference.
         patched.set_model_sampler_post_cfg_function(lambda args: guide(args))
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "cupscale.structure_guide",
+        patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, "cupscale.structure_guide",
                                      guide.outer_sample)
         return io.NodeOutput(patched)
 

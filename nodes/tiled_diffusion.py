@@ -2,13 +2,13 @@
 nodes/tiled_sampling.py; the core: cupscale.tiling)."""
 from __future__ import annotations
 
-from comfy_api.latest import io
-
-from ..cupscale.guards import check_finite
+from ..cupscale.guards import check_finite, check_not_empty
 from ..cupscale.tiling.grid import check_tile_settings
 from .dit_positions import add_position_patches, dit_kind, patch_cells
-from .inputs import advanced, tile_inputs, widget_names
-from .tiled_sampling import WRAPPER_KEY, TiledDiffusion, WrappersMP, has_sdxl_crops, latent_ratio
+from .host import WrappersMP, io
+from .host_services import add_block_checks
+from .inputs import advanced, check_numbers, tile_inputs, widget_names, widgets_valid
+from .tiled_sampling import WRAPPER_KEY, TiledDiffusion, has_sdxl_crops, latent_ratio
 
 
 def check_patch_multiples(model, ratio: int, **sizes: int) -> None:
@@ -62,17 +62,21 @@ class TiledBlendedDiffusion(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, tile_width=None, tile_height=None, overlap=None, tiles_per_batch=None, background_lowpass=None) -> bool | str:
+        return widgets_valid(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, tiles_per_batch=tiles_per_batch, background_lowpass=background_lowpass)
+
+    @classmethod
     def execute(cls, model, tile_width, tile_height, overlap, tiles_per_batch, mask=None,
                 background_lowpass=0.0, sdxl_crop_conditioning=True, dit_tile_positions=True) -> io.NodeOutput:
         with widget_names():
             check_tile_settings(tile_width, tile_height, overlap)
         if mask is not None:
             with widget_names(f="mask"):
+                check_not_empty(mask, "f")
                 check_finite(mask, "f", "TiledBlendedDiffusion's mask")
         if tiles_per_batch < 0:
             raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be 0 (automatic) or a number of tiles.")
-        if background_lowpass < 0:
-            raise ValueError(f"background_lowpass = {background_lowpass} must be 0 (off) or a positive sigma.")
+        check_numbers(cls, background_lowpass=background_lowpass)
         ratio = latent_ratio(model)
         check_patch_multiples(model, ratio, tile_width=tile_width, tile_height=tile_height, overlap=overlap)
         crops = ratio if sdxl_crop_conditioning and has_sdxl_crops(model.model) else None
@@ -80,6 +84,7 @@ class TiledBlendedDiffusion(io.ComfyNode):
         patch = TiledDiffusion(tile_height // ratio, tile_width // ratio, overlap // ratio, tiles_per_batch,
                                mask, background_lowpass, crops, places)
         patched = model.clone()
+        add_block_checks(patched)
         if places:
             add_position_patches(patched)
         for kind, fn in ((WrappersMP.OUTER_SAMPLE, patch.outer_sample),

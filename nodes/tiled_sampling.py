@@ -16,11 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-import comfy.model_base
-import comfy.model_management
-import comfy.patcher_extension
-import comfy.utils
-
 from ..cupscale.lru import LRU, env_limit
 from ..cupscale.schedule import StepClock
 from ..cupscale.tiling import blended, micro_conditioning, positions
@@ -29,7 +24,8 @@ from ..cupscale.tiling.multidiffusion import (BatchTuner, TileBatch, auto_batch_
                                               tile_value, tile_weights)
 from .control_tiling import ControlRequest, TiledHints, defer_controls
 from .dit_positions import ACTIVE, TilePlace
-from .host_services import free_memory
+from .host import comfy_utils, model_base
+from .host_services import free_memory, stop_if_interrupted
 from .inputs import widget_names
 from .step_clock import run_clock
 
@@ -40,7 +36,6 @@ RUN_KEY = "cupscale_tiled_run"
 WRAPPER_KEY = "cupscale.tiled_diffusion"
 GRIDS_VAR = "CUPSCALE_TILE_GRIDS"
 """Latent sizes whose grid and feather weights a patched model keeps (default 8)."""
-WrappersMP = comfy.patcher_extension.WrappersMP
 
 
 def latent_ratio(model_patcher) -> int:
@@ -51,7 +46,7 @@ def latent_ratio(model_patcher) -> int:
 def has_sdxl_crops(model) -> bool:
     """Whether ``model`` (a BaseModel) takes SDXL's size and crop embeddings in ``y`` (SDXL and its distilled
     kin; not the refiner, whose ``y`` ends in an aesthetic score)."""
-    return isinstance(model, comfy.model_base.SDXL) and hasattr(model, "embedder")
+    return isinstance(model, model_base.SDXL) and hasattr(model, "embedder")
 
 
 @dataclass
@@ -60,7 +55,7 @@ class TiledRun:
 
     clock: StepClock
     tiles: int
-    progress: comfy.utils.ProgressBar
+    progress: comfy_utils.ProgressBar
     source: torch.Tensor | None = None
     noise: torch.Tensor | None = None
     mask: torch.Tensor | None = None
@@ -116,7 +111,8 @@ class TiledDiffusion:
                 grid, self.crop_pixels_per_cell, model.embedder, y))
         return found
 
-    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
+    def outer_sample(self, executor, noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                     *args, **kwargs):
         guider = executor.class_obj
         model = guider.model_patcher.model
         hw = tuple(noise.shape[-2:])
@@ -124,16 +120,17 @@ class TiledDiffusion:
         tiles = len(self.grid(hw)[0])
         # Like the sampler's own ProgressBar (latent_preview.prepare_callback), this reports to the UI and to
         # progress hooks whatever disable_pbar says: that flag is for the console's tqdm bars.
-        run = TiledRun(clock, tiles, comfy.utils.ProgressBar(clock.steps * tiles))
+        run = TiledRun(clock, tiles, comfy_utils.ProgressBar(clock.steps * tiles))
         if self.mask is not None:
             with widget_names(mask="TiledBlendedDiffusion's mask"):
                 run.mask = blended.mask_at_latent(self.mask, hw, latent_ratio(guider.model_patcher))
             run.source = model.process_latent_in(latent_image) if torch.count_nonzero(latent_image) else latent_image
             run.noise = noise
         guider.model_options.setdefault("transformer_options", {})[RUN_KEY] = run
-        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+        return executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed,
+                        *args, **kwargs)
 
-    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options):
+    def calc_cond_batch(self, executor, model, conds, x_in, timestep, model_options, *args, **kwargs):
         run: TiledRun | None = model_options.get("transformer_options", {}).get(RUN_KEY)
         pinned = run is not None and run.mask is not None
         if pinned:
@@ -142,7 +139,7 @@ class TiledDiffusion:
             if self.lowpass_sigma <= 0:
                 noised = model.scale_latent_inpaint(sigma=timestep, noise=run.noise.to(x_in), latent_image=source)
                 x_in = blended.blend(x_in, noised, mask)
-        out = executor(model, defer_controls(conds), x_in, timestep, model_options)
+        out = executor(model, defer_controls(conds), x_in, timestep, model_options, *args, **kwargs)
         if pinned:
             out = [blended.pin_background(o, source, mask, self.lowpass_sigma) for o in out]
         return out
@@ -168,7 +165,7 @@ class TiledDiffusion:
             crops = self.tile_crops(hw, grid, executor.class_obj, cond["y"])
 
         def evaluate(batch: TileBatch, tile_x: torch.Tensor) -> torch.Tensor:
-            comfy.model_management.throw_exception_if_processing_interrupted()
+            stop_if_interrupted()
             tile_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in cond.items()}
             if crops is not None:
                 tile_cond["y"] = micro_conditioning.with_tile_crops(tile_cond["y"], crops, batch.indices, chunks)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-import comfy.ldm.modules.attention as attention
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+from .host import Downsample, Upsample, attention
+
 
 BLOCKS = {"all": ("input", "middle", "output"), "input": ("input",), "middle": ("middle",), "output": ("output",),
           "input + middle": ("input", "middle"), "middle + output": ("middle", "output"),

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import argparse
 import resource
-import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import comfy_host, workflows  # noqa: E402
 from harness.job_console import HostLog, JobProgress  # noqa: E402
+from harness.workflow_job import EmbeddedWorkflow, MissingCheckpoint, NoImageSaved  # noqa: E402
 
 DEFAULT_WORKFLOW = "upscale_x4_two_stage.api.json"
 
@@ -43,53 +40,22 @@ def main(argv=None) -> int:
         return upscale(args, p.error, log)
 
 
-@contextmanager
-def restored(folders: tuple[str, str]):
-    """The host's input and output folders put back after the job (the tests run it in their process)."""
-    import folder_paths
-    try:
-        yield
-    finally:
-        folder_paths.set_input_directory(folders[0])
-        folder_paths.set_output_directory(folders[1])
-
-
 def upscale(args, error, log: HostLog) -> int:
     """The job itself, with the host's log going to ``log``."""
     import torch
-    comfy_host.boot(cpu=args.cpu or not torch.cuda.is_available())
+    try:
+        job = EmbeddedWorkflow(args.workflow, args.tiny_models, args.checkpoint, tuple(args.set), args.cpu)
+    except MissingCheckpoint as e:
+        error(str(e))
     if log.summary():
         print(log.summary(), file=sys.stderr)
-    import folder_paths
-
-    prompt = workflows.load(args.workflow)
-    if args.tiny_models:
-        prompt = workflows.with_tiny_models(prompt)
-    elif args.checkpoint:
-        prompt = workflows.with_checkpoint(prompt, args.checkpoint)
-    for k in workflows.nodes_of(prompt, "CheckpointLoaderSimple"):
-        name = prompt[k]["inputs"]["ckpt_name"]
-        if folder_paths.get_full_path("checkpoints", name) is None:
-            error(f"checkpoint {name!r} is not in {folder_paths.get_folder_paths('checkpoints')}: put it there, "
-                  f"pass --checkpoint NAME, or --tiny-models to check the pipeline without weights")
-
-    folders = folder_paths.get_input_directory(), folder_paths.get_output_directory()
-    with tempfile.TemporaryDirectory() as tmp, restored(folders):
-        folder_paths.set_input_directory(str(Path(tmp) / "input"))
-        folder_paths.set_output_directory(str(Path(tmp) / "output"))
-        Path(tmp, "input").mkdir()
-        shutil.copy(args.image, Path(tmp, "input", "input" + args.image.suffix.lower()))
-        prompt = workflows.with_overrides(workflows.with_image(prompt, "input" + args.image.suffix.lower()), args.set)
-        start = time.perf_counter()
-        with JobProgress(prompt):
-            history = comfy_host.run_prompt(prompt)
-        images = [img for out in history["outputs"].values() for img in out.get("images", [])
-                  if img.get("type") == "output"]
-        if not images:
-            print("the workflow saved no image", file=sys.stderr)
+    start = time.perf_counter()
+    with JobProgress(job.prompt):
+        try:
+            job.upscale(args.image, args.output)
+        except NoImageSaved as e:
+            print(e, file=sys.stderr)
             return 1
-        saved = Path(tmp, "output", images[-1]["subfolder"], images[-1]["filename"])
-        shutil.copy(saved, args.output)
 
     from PIL import Image
     with Image.open(args.output) as im:

@@ -14,12 +14,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from harness import comfy_host  # noqa: E402
 
-# pytest imports the pack's own __init__.py (the repo root is a package), which needs the host.
-comfy_host.prepare()
+# The host tests' modules import comfy.* once the host is on sys.path; the core's run (scripts/test.sh --core)
+# has no host.
+if os.environ.get("CUPSCALE_CORE") != "1":
+    comfy_host.prepare()
 
 # The tiny test models gain nothing from intra-op threads, and where the cores are shared their
 # spin-waits cost up to 10x: one thread for the whole suite.
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``hostfree`` (the core's, run without a host by scripts/test.sh --core) must not reach the host."""
+    wrong = [item.nodeid for item in items if item.get_closest_marker("hostfree") and "host" in item.fixturenames]
+    if wrong:
+        raise pytest.UsageError(f"marked hostfree but using the host fixture: {wrong}; drop the mark from these.")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from cupscale.priors.attention_prior import (attend_with, attention_probabilitie
 from cupscale.tiling.grid import Box, region_grid
 from cupscale.captioning.region_prompts import RegionPrompts, to_json
 
+pytestmark = pytest.mark.hostfree  # the core alone: scripts/test.sh --core runs it without a host
+
 
 def synthetic_maps(heads: int, tokens: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     """Captured maps as the layer leaves them: a distribution over the prompt's tokens at every position."""
@@ -151,6 +153,11 @@ def test_region_text_one_line_per_region_or_one_for_all_is_checked_against_the_t
         parse_region_text("a\nb\nc\nd", "text").check(tiles, "the tiles")
     with pytest.raises(ValueError, match=r"text is empty: write one prompt per region"):
         parse_region_text(" \n ", "text")
+    # Refused before a prompt is encoded: 100,000 lines used to be encoded one by one, and held after the error.
+    with pytest.raises(ValueError, match=r"text holds 100,000 lines, more than the 4,096 regions"):
+        parse_region_text("a\n" * 100_000, "text")
+    with pytest.raises(ValueError, match=r"text holds 5,000,000 characters, more than region prompts need"):
+        parse_region_text("a" * 5_000_000, "text")
 
 
 def test_region_prompts_made_for_another_grid_are_refused_with_the_fix():

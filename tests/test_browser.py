@@ -39,6 +39,7 @@ CHROMIUM_FLAGS = ["--disable-gpu", "--disable-background-networking", "--disable
                   "--disable-sync", "--no-first-run"]
 INPUT_SIZE = (72, 40)  # width, height of the test's input.png
 APP = "window.comfyAPI.app.app"
+DEBUG = f"{APP}.extensions.find((e) => e.name === 'cupscale.regions')?.debug"  # js/cupscale.js's test hooks
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def page(server, browser_context):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: m.type == "error" and "cupscale" in m.text and errors.append(m.text))
     page.goto(server.url)
-    page.wait_for_function(f"() => window.cupscale && {APP}?.graph && {APP}.canvas", timeout=90_000)
+    page.wait_for_function(f"() => {APP}?.graph && {APP}.canvas && {DEBUG}", timeout=90_000)
     page.evaluate(f"""() => {APP}.registerExtension({{
         name: 'cupscale.test', afterConfigureGraph(missing) {{ window.cupscaleMissing = missing }} }})""")
     yield page
@@ -158,7 +159,7 @@ def show(page, node_id: int) -> dict:
         ds.offset[1] = canvas.clientHeight / 2 / ds.scale - (node.pos[1] + node.size[1] - 110)
         app.canvas.bringToFront(node)
         app.graph.setDirtyCanvas(true, true)
-        requestAnimationFrame(() => requestAnimationFrame(() => resolve(window.cupscale.regionsFor(id))))
+        requestAnimationFrame(() => requestAnimationFrame(() => resolve({DEBUG}.regionsFor(id))))
     }})""", node_id)
 
 
@@ -178,7 +179,7 @@ def panel_clip(page, node_id: int, margin: int = 24) -> dict:
 def shown_when(page, node_id: int, condition: str) -> dict:
     """What the panel holds once ``condition`` (JavaScript over ``r = regionsFor(node_id)``) holds, e.g.
     once LoadImage's picture has loaded and the sizes are known, drawn on screen."""
-    page.wait_for_function(f"(id) => {{ const r = window.cupscale.regionsFor(id); return r && ({condition}) }}",
+    page.wait_for_function(f"(id) => {{ const r = {DEBUG}.regionsFor(id); return r && ({condition}) }}",
                            arg=node_id, timeout=30_000)
     return show(page, node_id)
 
@@ -267,7 +268,7 @@ def test_tiled_diffusion_draws_the_tiles_of_each_stage(page, screenshots):
     keep(page.screenshot(path=str(screenshots / "tiled_stage1.png"), clip=panel_clip(page, tiled)),
          PACK_DIR / "docs" / "ui_tile_grid.png")
 
-    point = page.evaluate("(id) => window.cupscale.regionScreenPoint(id, 0)", tiled)
+    point = page.evaluate(f"(id) => {DEBUG}.regionScreenPoint(id, 0)", tiled)
     page.mouse.click(point["x"], point["y"])  # a click on the panel steps to the next stage
     stage2 = show(page, tiled)
     assert (stage2["width"], stage2["height"]) == (176, 96)  # 180x100 from LIIF, cut to 22x12 latent cells
@@ -285,7 +286,7 @@ def test_region_prompt_edited_in_the_graph_is_valid_json_the_server_uses(page, s
     assert before["boxes"] == python_boxes(80, 144, 64, 16) and before["drawn"] == 6
     page.screenshot(path=str(screenshots / "regions_before_captioning.png"))
 
-    point = page.evaluate("(id) => window.cupscale.regionScreenPoint(id, 4)", captioner)
+    point = page.evaluate(f"(id) => {DEBUG}.regionScreenPoint(id, 4)", captioner)
     page.mouse.click(point["x"], point["y"])
     assert "Not captioned yet" in page.locator(".cupscale-editor").inner_text()
     page.click(".cupscale-editor [data-action=cancel]")

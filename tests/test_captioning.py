@@ -14,7 +14,11 @@ from cupscale.captioning.compose import caption_image
 from cupscale.captioning.instructions import CaptionRequest, Instructions
 from cupscale.captioning.regions import image_grid, region_crops, to_uint8_rgb
 from cupscale.tiling.grid import region_grid
-from cupscale.captioning.region_prompts import RegionPrompts, from_json, to_json
+from cupscale.captioning.region_prompts import MAX_REGIONS, RegionPrompts, from_json, to_json
+from cupscale.errors import InputError
+from cupscale.guards import MAX_TEXT_CHARS
+
+pytestmark = pytest.mark.hostfree  # the core alone: scripts/test.sh --core runs it without a host
 
 
 class FakeMLLM:
@@ -167,6 +171,18 @@ def test_bad_requests_name_the_input(request_kw, match):
         run(gradient_image(), FakeMLLM(), **request_kw)
 
 
+def test_free_texts_are_bounded_before_a_request_is_made():
+    """A 5 MB instruction kept a local VLM busy past the queue's interrupt; now it never reaches a model."""
+    for make, name in [(lambda t: Instructions(description=t), "description_instruction"),
+                       (lambda t: Instructions(low_level=t), "low_level_instruction"),
+                       (lambda t: CaptionRequest(global_prompt=t), "global_prompt"),
+                       (lambda t: CaptionRequest(prefix=t), "prefix"), (lambda t: CaptionRequest(suffix=t), "suffix")]:
+        make("x" * MAX_TEXT_CHARS)
+        with pytest.raises(InputError) as long:
+            make("x" * 5 * 2 ** 20)
+        assert str(long.value) == f"{name} holds 5,242,880 characters, more than the 16,000 this node reads: shorten it."
+
+
 def test_bad_images_and_token_budget_are_named():
     with pytest.raises(ValueError, match="batch of 1"):
         run(torch.rand(2, 64, 64, 3), FakeMLLM())
@@ -207,6 +223,7 @@ def edited_json(edit):
     (edited_json(lambda d: d["regions"][0].pop("prompt")), "region 0 needs a \"prompt\" string"),
     (edited_json(lambda d: d["grid_in_latent_cells"].pop("overlap")), "grid_in_latent_cells\" is broken"),
     (edited_json(lambda d: d.update(global_prompt=3)), "\"global_prompt\" must be a str"),
+    (edited_json(lambda d: d.update(regions=[{}] * (MAX_REGIONS + 1))), "lists 4,097 regions, more than the 4,096"),
 ])
 def test_broken_json_says_what_to_fix(text, match):
     with pytest.raises(ValueError, match=match):

@@ -89,9 +89,11 @@ def test_with_a_mask_each_candidate_is_scored_on_the_square_around_it(clip):
     assert torch.allclose(masked, cropped) and not torch.allclose(masked, clip_scores(model, processor, images, "a door"))
 
 
-def test_empty_text_is_refused(clip):
+def test_empty_or_oversized_text_is_refused(clip):
     with pytest.raises(ValueError, match=r"text is empty: give the prompt"):
         clip_scores(*clip, candidates(), "  ")
+    with pytest.raises(ValueError, match=r"text holds 70,000 characters, more than the 16,000"):
+        clip_scores(*clip, candidates(), "a door " * 10_000)
 
 
 @pytest.fixture

@@ -3,6 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.hostfree  # the core alone: scripts/test.sh --core runs it without a host
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,9 +1,15 @@
 """Region grids and feathered blend weights (core, no host)."""
+import copy
+import threading
+
 import pytest
 import torch
 
+from cupscale.liif.encoders import EDSR
 from cupscale.tiling.grid import check_same_grid, region_grid, tile_starts
-from cupscale.tiling.multidiffusion import TileMerger, gather_tiles, repeat_per_tile, tile_weights
+from cupscale.tiling.multidiffusion import TileMerger, gather_tiles, repeat_per_tile, run_tiles, tile_weights
+
+pytestmark = pytest.mark.hostfree  # the core alone: scripts/test.sh --core runs it without a host
 
 
 @pytest.mark.parametrize("length,tile,overlap", [(64, 32, 8), (100, 32, 4), (33, 32, 8), (250, 128, 16), (32, 64, 8)])
@@ -62,3 +68,44 @@ def test_tile_batches_split_evenly_within_the_bound():
             sizes = balanced_sizes(tiles, most)
             assert sum(sizes) == tiles and max(sizes) <= most and len(sizes) == -(-tiles // most)
             assert max(sizes) - min(sizes) <= 1
+
+
+def replica_evaluators(copies: int, seen: list, fail_on: int | None = None):
+    """One evaluate per "device": a replica of one small conv net (the core's EDSR) on the CPU, noting its thread
+    and tiles."""
+    torch.manual_seed(0)
+    net = EDSR(n_resblocks=1, n_feats=4, in_channels=4)
+    replicas = [net] + [copy.deepcopy(net) for _ in range(copies - 1)]
+
+    def on(d):
+        def evaluate(batch, tile_x):
+            seen.append((d, threading.current_thread().name, batch.indices))
+            if batch.indices[0] == fail_on:
+                raise RuntimeError(f"device {d} ran out of memory")
+            with torch.no_grad():
+                return replicas[d](tile_x)
+        return evaluate
+    return [on(d) for d in range(copies)]
+
+
+def test_tiles_spread_over_two_devices_equal_one_device_bitwise():
+    x = torch.randn(2 * 2, 4, 40, 56)  # 2 chunks (cond, uncond) of 2 images
+    grid = region_grid(40, 56, 16, 16, 4)
+    weights = tile_weights(grid)
+    seen_one, seen_two, reported = [], [], []
+    one = run_tiles(x, grid, weights, 3, replica_evaluators(1, seen_one)[0], chunks=2)
+    two = run_tiles(x, grid, weights, 3, replica_evaluators(2, seen_two), chunks=2,
+                    report=lambda done, total: reported.append((done, total)))
+    assert torch.equal(one, two)
+    assert sorted(i for _, _, i in seen_two) == sorted(i for _, _, i in seen_one) and len(seen_one) == len(grid) // 3
+    by_device = {d: [i for e, _, i in seen_two if e == d] for d in (0, 1)}
+    assert by_device[0] == [i for _, _, i in seen_one][0::2] and by_device[1] == [i for _, _, i in seen_one][1::2]
+    assert len({thread for _, thread, _ in seen_two}) == 2  # each device in a thread of its own
+    assert reported == [(3 * (k + 1), len(grid)) for k in range(len(grid) // 3)]  # merged in batch order
+
+
+def test_a_failing_device_fails_the_evaluation():
+    x = torch.randn(2, 4, 40, 56)
+    grid = region_grid(40, 56, 16, 16, 4)
+    with pytest.raises(RuntimeError, match="device 1 ran out of memory"):
+        run_tiles(x, grid, tile_weights(grid), 2, replica_evaluators(2, [], fail_on=2))

@@ -9,7 +9,6 @@ import tiny_liif
 from cupscale.liif import model as liif
 from cupscale.liif.checkpoints import load_implicit_decoder, load_liif
 from harness.comfy_host import run_prompt
-from harness.test_nodes import CAPTURED
 
 @pytest.fixture(scope="module")
 def models(host, tmp_path_factory):
@@ -55,6 +54,7 @@ def test_prompt_upscales_a_loaded_image_by_2_5(models, input_image):
                                                           "scale_by": 2.5, "width": 0, "height": 0, "tile_size": 16}},
         "4": {"class_type": "CupscaleCapture", "inputs": {"value": ["3", 0], "key": "upscaled"}},
     }
+    from harness.test_nodes import CAPTURED
     run_prompt(prompt)
     out = CAPTURED["upscaled"]
     assert out.shape == (1, 50, 70, 3) and out.dtype == torch.float32
@@ -76,6 +76,7 @@ def test_prompt_decodes_a_vae_latent_to_any_size(models, input_image, tiny):
                                                                "width": 131, "height": 75, "tile_size": 8}},
         "6": {"class_type": "CupscaleCapture", "inputs": {"value": ["5", 0], "key": "decoded"}},
     }
+    from harness.test_nodes import CAPTURED
     run_prompt(prompt)
     out = CAPTURED["decoded"]
     assert out.shape == (1, 75, 131, 3)
@@ -121,6 +122,14 @@ def test_bad_inputs_name_the_input_and_the_fix(models, pack_node):
         upscale(model, img, 1.0, 20000, 0, 64)
     with pytest.raises(ValueError, match=r"LIIF models take RGB images"):
         upscale(model, torch.rand(1, 8, 8, 4), 2.0, 0, 0, 64)
+    for empty in (torch.rand(0, 8, 8, 3), torch.rand(1, 0, 8, 3)):  # were a ZeroDivisionError
+        with pytest.raises(ValueError, match=r"image is empty \(shape .*\): give at least one image"):
+            upscale(model, empty, 2.0, 0, 0, 64)
+    with pytest.raises(ValueError, match=r"16384x16384 output of 1 image\(s\) is 268 megapixels .* lower scale_by "
+                                         r"\(or width, height\), or raise \$CUPSCALE_MAX_OUTPUT_MEGAPIXELS"):
+        upscale(model, img, 1.0, 16384, 16384, 64)
     decoder = pack_node("ImplicitDecoderLoader").execute("tiny-first-stage.ckpt")[0]
     with pytest.raises(ValueError, match=r"samples has shape \(1, 16, 8, 8\), but the decoder takes 4-channel"):
         pack_node("ImplicitLatentDecode").execute(decoder, {"samples": torch.zeros(1, 16, 8, 8)}, 64, 64, 64)
+    with pytest.raises(ValueError, match=r"samples is empty \(shape \(0, 4, 8, 8\)\)"):
+        pack_node("ImplicitLatentDecode").execute(decoder, {"samples": torch.zeros(0, 4, 8, 8)}, 64, 64, 64)

@@ -2,6 +2,7 @@
 cupscale.tiling.positions): the text share, the prior's identities, positions against the whole image's."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cupscale.priors.items import ItemRegions
@@ -10,6 +11,8 @@ from cupscale.priors.joint_attention import (attention_with_text_share, capture_
 from cupscale.tiling.grid import region_grid
 from cupscale.tiling.multidiffusion import TileBatch
 from cupscale.tiling.positions import centred_shift, id_offsets, table_crops, tile_origins
+
+pytestmark = pytest.mark.hostfree  # the core alone: scripts/test.sh --core runs it without a host
 
 TEXT, HW, HEADS, D = 5, (4, 6), 2, 8
 

@@ -5,8 +5,12 @@ import torch
 import torch.nn.functional as F
 
 import tiny_liif
+from cupscale.errors import InputError
+from cupscale.guards import check_not_empty
 from cupscale.liif import model as liif
 from cupscale.liif.checkpoints import CheckpointError, liif_from_checkpoint, load_implicit_decoder, load_liif
+
+pytestmark = pytest.mark.hostfree  # the core alone: scripts/test.sh --core runs it without a host
 
 
 def image(h: int, w: int, seed: int = 1) -> torch.Tensor:
@@ -134,11 +138,39 @@ def test_output_size_rules():
     assert liif.output_size((100, 200), 9.0, width=300) == (150, 300)
     assert liif.output_size((100, 200), 9.0, height=50) == (50, 100)
     assert liif.output_size((100, 200), 9.0, 517, 333) == (333, 517)
-    for bad in (0.0, -2.0):
+    for bad in (0.0, -2.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"scale_by = .*must be positive"):
             liif.output_size((100, 200), bad)
     with pytest.raises(ValueError, match=r"20000x10000 pixels, beyond the maximum of 16384"):
         liif.output_size((100, 200), 100.0)
+
+
+def test_an_output_past_the_pixel_budget_is_refused_before_any_work(monkeypatch):
+    monkeypatch.delenv(liif.OUTPUT_MEGAPIXELS_VAR, raising=False)
+    liif.check_output_budget(1, (12288, 12288))  # the default admits one 12K square ...
+    with pytest.raises(InputError) as refused:  # ... not a 16K one, nor two 12K ones
+        liif.check_output_budget(1, (16384, 16384))
+    message = refused.value.named({"size": "scale_by"})
+    assert ("16384x16384 output of 1 image(s) is 268 megapixels (3.0 GiB as float32), past this server's limit of "
+            "160: lower scale_by, or raise $CUPSCALE_MAX_OUTPUT_MEGAPIXELS where ComfyUI starts") in message
+    with pytest.raises(InputError, match="302 megapixels"):
+        liif.check_output_budget(2, (12288, 12288))
+    monkeypatch.setenv(liif.OUTPUT_MEGAPIXELS_VAR, "300")
+    liif.check_output_budget(1, (16384, 16384))
+    monkeypatch.setenv(liif.OUTPUT_MEGAPIXELS_VAR, "0")  # no limit
+    liif.check_output_budget(4, (16384, 16384))
+    monkeypatch.setenv(liif.OUTPUT_MEGAPIXELS_VAR, "1")
+    liif.check_output_budget(1, (1000, 1000))
+    with pytest.raises(InputError, match="of 1: "):
+        liif.check_output_budget(1, (1001, 1000))
+
+
+def test_an_empty_batch_or_side_is_named():
+    for shape in ((0, 8, 8, 3), (1, 0, 8, 3), (1, 8, 0, 3)):
+        with pytest.raises(InputError) as empty:
+            check_not_empty(torch.zeros(shape), "f")
+        assert empty.value.named({"f": "image"}).startswith(f"image is empty (shape {shape}): give at least one")
+    check_not_empty(torch.zeros(1, 1, 1, 3), "f")
 
 
 def test_other_checkpoints_are_refused_with_what_they_are(tmp_path):
@@ -201,3 +233,38 @@ def test_first_stage_checkpoint_layouts_load_the_same_decoder(tmp_path):
         # the trunk sees the whole latent (GroupNorm, attention), so tiles only split the queries
         assert (out - liif.render(a.model, z, (37, 50), tile=1000)).abs().max() <= 1e-5
     assert out.shape == (2, 37, 50, 3)
+
+
+class SkipInit:
+    """Layers as ComfyUI's comfy.ops.disable_weight_init gives them: torch.nn's, without the random
+    initialisation a checkpoint overwrites; ``made`` counts them."""
+
+    made: list[str] = []
+
+    class Conv2d(torch.nn.Conv2d):
+        def reset_parameters(self):
+            SkipInit.made.append("Conv2d")
+
+    class Linear(torch.nn.Linear):
+        def reset_parameters(self):
+            SkipInit.made.append("Linear")
+
+    class GroupNorm(torch.nn.GroupNorm):
+        def reset_parameters(self):
+            SkipInit.made.append("GroupNorm")
+
+
+@pytest.mark.parametrize("kind", ["edsr", "rdn", "decoder"])
+def test_every_layer_comes_from_the_operations_given_and_the_result_is_the_same(kind, tmp_path):
+    path = tmp_path / f"{kind}.pth"
+    torch.save({"edsr": tiny_liif.edsr_liif, "rdn": tiny_liif.rdn_liif, "decoder": tiny_liif.first_stage}[kind](), path)
+    load = load_implicit_decoder if kind == "decoder" else load_liif
+    SkipInit.made.clear()
+    plain, given = load(path), load(path, SkipInit)
+    plain, given = (m.model if kind == "decoder" else m for m in (plain, given))
+    layers = [m for m in given.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm))]
+    assert layers and len(SkipInit.made) == len(layers)
+    assert all(type(m).__qualname__.startswith("SkipInit.") for m in layers)
+    x = torch.randn(1, 4, 5, 6) if kind == "decoder" else liif.to_signed(image(5, 6))
+    with torch.no_grad():
+        assert torch.equal(liif.render(given, x, (11, 13)), liif.render(plain, x, (11, 13)))

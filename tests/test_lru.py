@@ -38,12 +38,9 @@ def test_every_dropdown_of_every_node_is_checked(host):
     import inspect
 
     from harness.comfy_host import run_prompt  # noqa: F401  (the host is up)
-    pack_nodes = [cls for name, cls in host.NODE_CLASS_MAPPINGS.items() if cls.__module__.split(".")[0] not in
-                  ("nodes", "comfy_extras", "harness", "cupscale_test_loader") and hasattr(cls, "define_schema")
-                  and ".nodes." in cls.__module__]
-    inputs_module = sys_module(pack_nodes[0], "inputs")
+    inputs_module = sys_module(pack_nodes(host)[0], "inputs")
     unchecked = []
-    for node in pack_nodes:
+    for node in pack_nodes(host):
         combos = inputs_module.combo_options(node)
         validated = set(inspect.getfullargspec(node.validate_inputs).args) if "validate_inputs" in vars(node) else set()
         at_run = set(getattr(node, "COMBOS_AT_RUN", ()))
@@ -55,6 +52,55 @@ def test_every_dropdown_of_every_node_is_checked(host):
             with pytest.raises(ValueError, match=f"{name} = 'not an option' is not one of"):
                 inputs_module.check_combos(node, **{name: "not an option"})
     assert unchecked == []
+
+
+def test_every_number_of_every_node_has_finite_bounds_the_check_reads(host):
+    """check_numbers reads each Float and Int input's bounds from the node's own schema: NaN, infinities and
+    values past a bound are named with the bounds; the default passes."""
+    inputs_module = sys_module(pack_nodes(host)[0], "inputs")
+    checked = 0
+    for node in pack_nodes(host):
+        for i in node.define_schema().inputs:
+            if type(i).__qualname__ not in ("Float.Input", "Int.Input"):
+                continue
+            assert i.min is not None and i.max is not None, f"{node.__name__}.{i.id} declares no bounds"
+            inputs_module.check_numbers(node, **{i.id: i.default})
+            for bad in (float("nan"), float("inf"), i.max + 1, i.min - 1, "3"):
+                with pytest.raises(ValueError, match=rf"{i.id} = .* must be a finite number from {i.min} to {i.max}"):
+                    inputs_module.check_numbers(node, **{i.id: bad})
+            checked += 1
+    assert checked >= 20
+
+
+def test_numbers_the_value_alone_rules_out_are_refused_before_the_run(host):
+    """Each node's validate_inputs names its numbers (the host's bounds check lets NaN through), but for the
+    nodes whose check guards a downloaded file alone (bench/soak.CHECKED_BEFORE_RUN): the host files a failed
+    check under every input named, and a missing download would mark every widget."""
+    import inspect
+    import sys
+
+    from harness.comfy_host import PACK_DIR
+    sys.path.append(str(PACK_DIR / "bench"))
+    import soak
+    unnamed = []
+    for node in pack_nodes(host):
+        numbers = [i for i in node.define_schema().inputs if type(i).__qualname__ in ("Float.Input", "Int.Input")]
+        named = set(inspect.getfullargspec(node.validate_inputs).args) if "validate_inputs" in vars(node) else set()
+        if node.define_schema().node_id in soak.CHECKED_BEFORE_RUN:
+            continue
+        unnamed += [f"{node.__name__}.{i.id}" for i in numbers if i.id not in named]
+        for i in (i for i in numbers if i.id in named):
+            assert node.validate_inputs(**{i.id: i.default}) is True
+            for bad in (float("nan"), i.max + 1, i.min - 1):
+                message = node.validate_inputs(**{i.id: bad})
+                assert isinstance(message, str) and f"{i.id} = " in message and "must be a finite number" in message
+    assert unnamed == []
+
+
+def pack_nodes(host) -> list:
+    return [cls for name, cls in host.NODE_CLASS_MAPPINGS.items() if ".nodes." in cls.__module__
+            and hasattr(cls, "define_schema")
+            and cls.__module__.split(".")[0] not in ("nodes", "comfy_extras", "harness", "cupscale_test_loader")]
 
 
 def sys_module(node, name: str):

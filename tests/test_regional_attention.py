@@ -49,7 +49,7 @@ def nodes_(host, tiny):
 
 @pytest.fixture
 def spy(ra, monkeypatch):
-    """Records the capture passes (σ) and every reading of the maps at a tile (maps, box, sizes)."""
+    """Records the capture passes (sigma) and every reading of the maps at a tile (maps, box, sizes)."""
     seen = {"captures": [], "captured": [], "reads": []}
     capture, read = ra.runs.AttentionPrior.capture, ra.prior.region_prior
 
@@ -119,7 +119,7 @@ def test_weight_zero_with_the_global_prompt_for_every_region_equals_tiled_diffus
 def test_weight_one_on_one_tile_at_the_low_res_size_uses_the_captured_maps_and_equals_plain_sampling(
         tiny, nodes_, spy, kind):
     """Exactly what is tested: one euler step at denoise 0.5, so the sampler evaluates the model once, at
-    x = z + σ₀·n with its own noise n. The working latent is the low-res latent z and the tile covers it, so
+    x = z + sigma_0·n with its own noise n. The working latent is the low-res latent z and the tile covers it, so
     the capture pass sees the same x (the sampler's noise is used when sizes match) with the same prompt: its
     maps A_L are the probabilities plain cross-attention computes there, and A_R V_g = A_L V_g is plain
     cross-attention. The uncond branch is untouched. So w = 1 reproduces plain sampling. Two different images
@@ -131,7 +131,7 @@ def test_weight_one_on_one_tile_at_the_low_res_size_uses_the_captured_maps_and_e
     plain = sample(model, low, pos, neg, steps=1, denoise=0.5)
     out = sample(nodes_.composer(prior, 1.0, text="a blue car"), low, pos, neg, steps=1, denoise=0.5)
     assert (out - plain).abs().max() <= 1e-5
-    # The maps each layer used are the ones captured at that σ, for that image.
+    # The maps each layer used are the ones captured at that sigma, for that image.
     (captured,) = spy["captured"]
     assert len(spy["reads"]) == 2 * len(captured) > 0
     ptrs = {c.maps[i].data_ptr() for c in captured.values() for i in range(2)}
@@ -193,7 +193,7 @@ def test_capture_runs_once_per_distinct_sigma_within_the_step_range(tiny, nodes_
     sample(prior, smooth_latent(H, W), pos, neg, steps=steps, sampler=sampler)
     distinct = list(dict.fromkeys(evaluated))
     if captured_steps is None:
-        assert len(evaluated) > len(distinct)  # heun evaluates the same σ twice in a row
+        assert len(evaluated) > len(distinct)  # heun evaluates the same sigma twice in a row
         assert spy["captures"] == distinct
     else:
         assert spy["captures"] == distinct[-captured_steps:]
@@ -293,6 +293,9 @@ def test_bad_inputs_are_refused_with_the_fix(tiny, nodes_):
         nodes_.prior(model, low, pos + pos)
     with pytest.raises(ValueError, match=r"low_res_latent has shape \(1, 3, 16, 24\): .* 4 channels"):
         nodes_.prior(model, low[:, :3], pos)
+    for shape in ((1, 1), (1, 12500)):  # a 1 x 1 latent failed in the model's GroupNorm, at the KSampler
+        with pytest.raises(ValueError, match=rf"low_res_latent is {shape[0]}x{shape[1]} latent cells: .* at least 2"):
+            nodes_.prior(model, low[:, :, :1, :1].expand(1, 4, *shape), pos)
     with pytest.raises(ValueError, match=r"AttentionComposer needs RegionalAttentionPrior before it"):
         nodes_.composer(model, 0.5, text=GLOBAL)
     prior = nodes_.prior(model, smooth_latent(H // 2, H // 2), pos)

@@ -5,6 +5,7 @@ models/xpsr/controlnet.py, unet_2d_blocks.py) at the tiny SD1.5 model's channel 
 """
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -13,7 +14,6 @@ import torch.nn.functional as F
 
 from cupscale.xpsr.sfa import SemanticFusionAttention, TransformerSpec
 from harness.comfy_host import PromptError, run_prompt
-from harness.test_nodes import CAPTURED
 from host_helpers import pack_module, smooth_latent
 from tiny_xpsr import CONTEXT, CONTROLNET, HEADS, UNET, controlnet_shapes, conv, release, save, seeded, transformer
 
@@ -340,6 +340,7 @@ def xpsr_prompt(controlnet: str, unet: str) -> dict:
 
 
 def test_a_bad_file_fails_its_prompt_and_the_host_runs_the_next(host, xpsr_dir):
+    from harness.test_nodes import CAPTURED
     with pytest.raises(PromptError, match=r"SFAControlNetLoader.*plain_controlnet.bin is a standard SD ControlNet"):
         run_prompt(xpsr_prompt("plain_controlnet.bin", "xpsr_unet.safetensors"))
     CAPTURED.clear()
@@ -347,3 +348,16 @@ def test_a_bad_file_fails_its_prompt_and_the_host_runs_the_next(host, xpsr_dir):
                            "ckpt-st/unet/diffusion_pytorch_model.safetensors"))
     latent = CAPTURED["latent"]["samples"]
     assert latent.shape == (1, 4, 16, 16) and torch.isfinite(latent).all()
+
+
+def test_a_missing_file_is_named_under_its_own_input_alone(host, xpsr_dir):
+    """The host lays a failed validate_inputs on every input it names: it names controlnet alone, and a
+    missing unet file is refused when the run starts, naming unet."""
+    import execution
+    st = "ckpt-st/controlnet/diffusion_pytorch_model.safetensors"
+    valid = asyncio.run(execution.validate_prompt("1", xpsr_prompt("missing.safetensors", st), None))
+    details = [e.get("details", "") for e in valid[3]["load"]["errors"]]
+    assert any("controlnet = 'missing.safetensors' not found in models/xpsr" in d for d in details), details
+    assert not any(d.startswith("unet") for d in details), details  # was reported under unet too
+    with pytest.raises(PromptError, match=r"unet = 'missing.safetensors' not found in models/xpsr"):
+        run_prompt(xpsr_prompt(st, "missing.safetensors"))

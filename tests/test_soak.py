@@ -38,6 +38,18 @@ def test_hostile_input_is_answered_naming_the_input_and_the_server_serves_on(ser
     assert not (root / "PWNED").exists()  # the pickle's code never ran
 
 
+def test_every_input_of_every_pack_node_holds_against_the_cases_its_schema_makes(server):
+    """Issue 26: the cases harness/hostile_cases.py makes from /object_info, sent over HTTP; each refused by
+    /prompt where the value alone decides, else answered by a run or an error naming its input; after each, an
+    ordinary prompt gives its pixels again; the server's memory ends within 100 MiB of where it began."""
+    suite = soak.schema_suite(server, log=lambda *a: None)
+    nodes = {v.case.node_type for v in suite.verdicts}
+    assert nodes == set(soak.schema_bases())  # every pack node has a base graph, and each base is used
+    faults = [f"{v.case.name}: {v.fault}: {v.message[:200]}" for v in suite.verdicts if v.fault]
+    assert faults == [], soak.tables(None, [], [], [], suite)
+    assert suite.rss_after - suite.rss_before < 100 * 2 ** 20, soak.tables(None, [], [], [], suite)
+
+
 def test_four_concurrent_websocket_clients_each_get_their_own_results(server):
     results = soak.concurrent(server, 4)
     assert len({prompt_id for prompt_id, _ in results}) == 4 and all(ok for _, ok in results)

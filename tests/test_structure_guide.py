@@ -160,7 +160,7 @@ def assert_guided_steps(model, reference, kind, unguided, final, batch_items=Non
         before_high = frequency_split(before, kind, amount)[1]
         if kind == "fft":  # an orthogonal projection: both bands measured by the same filter
             assert rel(low, target) <= 1e-3 and rel(high, before_high) <= 1e-3
-        else:  # the Gaussian split: out = G(z_L) + (ẑ₀ − G(ẑ₀))
+        else:  # the Gaussian split: out = G(z_L) + (z0_hat - G(z0_hat))
             assert rel(after - before_high, target) <= 1e-3
         for i in batch_items or ():
             assert rel(after[i] - before_high[i], target[i]) <= 1e-3
@@ -235,10 +235,14 @@ def test_bad_references_are_named_and_the_input_model_is_never_mutated(tiny, pac
             guided(pack_node, base, {"samples": samples})
     with pytest.raises(ValueError, match="start_percent = 0.6, end_percent = 0.4"):
         guided(pack_node, base, reference_latent(), start=0.6, end=0.4)
-    with pytest.raises(ValueError, match="strength = 1.5 must lie in"):
+    with pytest.raises(ValueError, match="strength = 1.5 must be a finite number from 0.0 to 1.0"):
         guided(pack_node, base, reference_latent(), strength=1.5)
-    with pytest.raises(ValueError, match="cutoff = 0.0 must be positive for lowpass = fft"):
+    with pytest.raises(ValueError, match="cutoff = 0.0 must be a finite number from 0.01 to 1.0"):
         pack_node("LowFreqStructureGuide").execute(base, reference_latent(), 1.0, "fft", 1.0, 0.0, 0.0, 1.0, "constant")
+    # NaN passes the host's bounds check (every comparison with it is false); it used to fail at the KSampler.
+    with pytest.raises(ValueError, match="sigma = nan must be a finite number from 0.1 to 64.0"):
+        pack_node("LowFreqStructureGuide").execute(base, reference_latent(), 1.0, "gaussian", float("nan"), 0.5, 0.0,
+                                                   1.0, "constant")
     # Found before the first model evaluation: the UNet must never run.
     calls = []
     base.set_model_unet_function_wrapper(lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))
@@ -278,10 +282,9 @@ def structure_prompt(strength: float) -> dict:
 
 def test_graph_output_keeps_the_reference_low_band_through_the_host_executor(host):
     """Euler's last step returns the last denoised estimate, so the sampled latent itself carries LP(z_L)."""
-    import execution
     from harness import comfy_host
     from harness.test_nodes import CAPTURED
-    executor = execution.PromptExecutor(comfy_host.CapturingServer())  # shared: the second run reuses the encode
+    executor = comfy_host.new_executor()  # shared: the second run reuses the encode
     kept = []
     for strength in (1.0, 0.0):
         comfy_host.run_prompt(structure_prompt(strength), executor)

@@ -253,12 +253,37 @@ def test_progress_counts_tiles_times_steps_and_interrupt_stops_within_a_step(hos
         comfy.utils.set_progress_bar_global_hook(None)
 
 
+def test_a_cancel_is_heard_between_a_unets_blocks_inside_a_tile_batch(host, tiny, tiled):
+    """On a CPU one batch of tiles takes seconds to minutes (bench/interrupt_latency.py): the cancel is heard at the
+    next UNet block, not when the batch is done; the tiled clone gets the checks once, however often it is tiled."""
+    import comfy.model_management
+    blocks = []
+
+    def cancel_at_third_block(h, transformer_options):
+        blocks.append(transformer_options["block"])
+        if len(blocks) == 3:
+            comfy.model_management.interrupt_current_processing(True)
+        return h
+    model = tiny.tiny_model("sd15").clone()
+    model.set_model_input_block_patch(cancel_at_third_block)
+    patched = tiled(tiled(model, per_batch=4), per_batch=4)
+    assert len(patched.model_options["transformer_options"]["patches"]["input_block_patch"]) == 2
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            sample(patched, smooth_latent(48, 64), tiny.conditioning("sd15", 1), tiny.conditioning("sd15", 2), steps=STEPS)
+        assert len(blocks) == 3  # the fourth block of the first batch never ran
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+
+
 @pytest.mark.parametrize("kwargs,needle", [
     ({"tile_width": 56}, "tile_width = 56"),
     ({"tile_height": 100}, "tile_height = 100"),
     ({"overlap": 12}, "overlap = 12"),
     ({"overlap": 256, "tile_width": 256}, "smaller than the tile"),
     ({"tiles_per_batch": -1}, "tiles_per_batch = -1"),
+    ({"mask": torch.ones(0, 64, 64)}, r"mask is empty \(shape \(0, 64, 64\)\)"),
+    ({"background_lowpass": float("nan")}, "background_lowpass = nan must be a finite number from 0.0 to 64.0"),
 ])
 def test_bad_tiling_inputs_name_the_input(tiny, host, kwargs, needle):
     node = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]()

@@ -5,7 +5,9 @@ Qwen2.5-VL, Idefics3/SmolVLM, ...) or behind a local server that speaks the Open
 (Ollama, llama.cpp, LM Studio, vLLM). Both answer one instruction about each of a few images.
 Errors name the fields ``model_folder`` / ``repo_id`` (the local model's source), ``model_folders``
 (where model folders live), ``base_url`` and ``model`` (the endpoint's), and the other settings by
-their parameter names.
+their parameter names. Both take a ``stop`` callable (the host's interrupt check), which raises to end
+the work: the local model calls it before each of its layers (so a region's image encoding stops within a
+layer, not after it), the endpoint while it waits for replies.
 """
 from __future__ import annotations
 
@@ -14,12 +16,20 @@ import gc
 import http.client
 import io
 import json
+import math
 import os
+import pickle
+import re
 import socket
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -30,6 +40,9 @@ from .captioner import CaptionFailure
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 API_KEY_ENV = "CUPSCALE_MLLM_API_KEY"
 SOURCE_FIELDS = {"folder": "model_folder", "repo_id": "repo_id", "folders": "model_folders"}
+STOP_POLL_S = 0.1  # how often the endpoint, waiting on replies, asks ``stop``
+Stop = Callable[[], None]
+"""Raises to end the work (ComfyUI's interrupt check); returns otherwise."""
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -41,6 +54,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise InputError(f"{{dtype}} = {name!r}: choose auto, {', '.join(DTYPES)}.", dtype="dtype")
     return DTYPES[name]
+
+
+HUB_NAME = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9])?"
+HUB_REPO_ID = re.compile(rf"(?:{HUB_NAME}/)?{HUB_NAME}", re.ASCII)
+
+
+def hub_repo_id(text: str) -> str:
+    """A Hugging Face repository id (``owner/name``), never a path: a model named this way is looked up in the
+    hub's cache only, so nothing is read from outside the model folders."""
+    repo_id = text.strip()
+    if not HUB_REPO_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
+        raise InputError(f"{{repo_id}} = {text[:200]!r} is not a Hugging Face repository id (owner/name: letters, "
+                         f"digits, '-', '_', '.'). A model on disk goes under {{folders}} and is chosen as "
+                         f"{{folder}}.", **SOURCE_FIELDS)
+    return repo_id
 
 
 def vlm_config(source: str, local_files_only: bool, cache_dir: str | None):
@@ -83,12 +111,12 @@ class LocalVLM:
     """
 
     def __init__(self, source: str, device: torch.device, dtype: str = "auto", batch_size: int = 4,
-                 allow_download: bool = False, cache_dir: str | None = None):
+                 allow_download: bool = False, cache_dir: str | None = None, stop: Stop | None = None):
         if batch_size < 1:
             raise InputError(f"{{batch_size}} = {batch_size} must be at least 1.", batch_size="batch_size")
         self.source, self.device, self.batch_size = source, torch.device(device), batch_size
         self.dtype = resolve_dtype(dtype, self.device)
-        self.allow_download, self.cache_dir = allow_download, cache_dir
+        self.allow_download, self.cache_dir, self.stop = allow_download, cache_dir, stop
         self.model_id = f"local:{source}:{self.dtype}"
         self.processor = self.model = None
 
@@ -112,7 +140,12 @@ class LocalVLM:
                              f"tokenizer_config.json), so the image cannot be placed in the prompt. "
                              f"Use the model's instruct/chat release.", **SOURCE_FIELDS)
         processor.tokenizer.padding_side = "left"
-        model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype, **kwargs)
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(self.source, dtype=self.dtype, **kwargs)
+        except pickle.UnpicklingError as e:
+            raise InputError(f"{{folder}}: {self.source} holds a weights file that is more than tensors, so it was "
+                             f"not loaded ({str(e).split('.')[0][:200]}). Use the model's safetensors release.",
+                             **SOURCE_FIELDS) from None
         self.processor, self.model = processor, model.to(self.device).eval()
 
     def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str]:
@@ -121,7 +154,7 @@ class LocalVLM:
         texts = self.processor.apply_chat_template([chat] * len(images), add_generation_prompt=True)
         inputs = self.processor(text=texts, images=[[im] for im in images], padding=True, return_tensors="pt")
         inputs = inputs.to(device=self.device, dtype=self.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), layers_call(self.model, self.stop):
             out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
@@ -138,11 +171,39 @@ class LocalVLM:
             torch.cuda.empty_cache()
 
 
+@contextmanager
+def layers_call(model: torch.nn.Module, stop: Stop | None):
+    """While open, ``stop`` runs before every layer of ``model`` (each module of each ``ModuleList``: the
+    vision tower's blocks, the decoder's layers), so its exception ends the work within one layer, in the
+    image's encoding and the prompt's prefill as in each token's step. The hooks go when it closes."""
+    if stop is None:
+        yield
+        return
+    hooks = [layer.register_forward_pre_hook(lambda module, args: stop())
+             for layers in model.modules() if isinstance(layers, torch.nn.ModuleList) for layer in layers]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+MAX_URL_CHARS = 2048
+
+
 def chat_completions_url(base_url: str) -> str:
-    """``http://host:port/v1`` (as Ollama, llama.cpp, LM Studio and vLLM print it) → its chat URL."""
+    """``http://host:port/v1`` (as Ollama, llama.cpp, LM Studio and vLLM print it) -> its chat URL."""
     url = base_url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise InputError(f"{{base_url}} = {base_url!r} must start with http:// or https:// "
+    if len(url) > MAX_URL_CHARS:
+        raise InputError(f"{{base_url}} holds {len(url):,} characters; a server's address needs far fewer (at most "
+                         f"{MAX_URL_CHARS:,}), e.g. http://127.0.0.1:11434/v1.", base_url="base_url")
+    bad = next((i for i, c in enumerate(url) if not c.isprintable() or c.isspace()), None)
+    if bad is not None:
+        raise InputError(f"{{base_url}} = {url[:100]!r} has {url[bad]!r} at position {bad}: a URL holds no spaces or "
+                         f"control characters. Set it to the server's address, e.g. http://127.0.0.1:11434/v1.",
+                         base_url="base_url")
+    if not url.startswith(("http://", "https://")) or not urllib.parse.urlsplit(url).hostname:
+        raise InputError(f"{{base_url}} = {base_url!r} must start with http:// or https:// and name a host "
                          f"(e.g. http://127.0.0.1:11434/v1 for Ollama).", base_url="base_url")
     if url.endswith("/chat/completions"):
         return url
@@ -189,30 +250,67 @@ def error_detail(error: urllib.error.HTTPError) -> str:
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
 
 
+MAX_TIMEOUT_S, MAX_RETRIES, MAX_IN_FLIGHT, MAX_MODEL_CHARS = 3600.0, 10, 32, 256
+
+
 class OpenAIEndpoint:
     """POST /v1/chat/completions with the image as a base64 data URL, one image per request.
 
-    Each request has a timeout; timeouts, dropped connections and busy/server errors are retried a
-    bounded number of times with growing pauses. A request the server rejects (a wrong model name,
-    a model without vision) is not retried: it raises at once with the server's message.
+    Up to ``in_flight`` requests are open at once: servers such as vLLM, llama.cpp and Ollama batch the
+    requests they hold. Answers keep the order of the images. Each request has a timeout; timeouts, dropped
+    connections and busy/server errors are retried a bounded number of times with growing pauses, each
+    request on its own, and a request that still fails fails its image only. A request the server rejects
+    (a wrong model name, a model without vision) is not retried: it raises at once with the server's message.
     """
 
-    batch_size = 1
-
     def __init__(self, base_url: str, model: str, timeout_s: float = 120.0, retries: int = 2,
-                 backoff_s: float = 0.5):
-        if not model.strip():
-            raise InputError("{model} is empty: set the model name the server serves "
-                             "(e.g. from `ollama list` or the server's /v1/models).", model="model")
-        if timeout_s <= 0 or retries < 0:
-            raise InputError(f"{{timeout_s}} = {timeout_s} must be positive and {{retries}} = {retries} at least 0.",
-                             timeout_s="timeout_s", retries="retries")
+                 backoff_s: float = 0.5, in_flight: int = 1, stop: Stop | None = None):
+        if not model.strip() or len(model) > MAX_MODEL_CHARS or not model.strip().isprintable():
+            raise InputError(f"{{model}} = {model[:100]!r}: set the model name the server serves, one line of at "
+                             f"most {MAX_MODEL_CHARS} characters (e.g. from `ollama list` or the server's "
+                             f"/v1/models).", model="model")
+        if not (math.isfinite(timeout_s) and 0 < timeout_s <= MAX_TIMEOUT_S):
+            raise InputError(f"{{timeout_s}} = {timeout_s} must be a number of seconds above 0 and at most "
+                             f"{MAX_TIMEOUT_S:g}.", timeout_s="timeout_s")
+        if not 0 <= retries <= MAX_RETRIES:
+            raise InputError(f"{{retries}} = {retries} must be from 0 to {MAX_RETRIES}.", retries="retries")
+        if not 1 <= in_flight <= MAX_IN_FLIGHT:
+            raise InputError(f"{{in_flight}} = {in_flight} must be from 1 to {MAX_IN_FLIGHT}: the requests open at "
+                             f"once (1 asks one region at a time).", in_flight="in_flight")
         self.url, self.model = chat_completions_url(base_url), model.strip()
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
+        self.timeout_s, self.retries, self.backoff_s, self.stop = timeout_s, retries, backoff_s, stop
+        self.batch_size = in_flight  # the captioner hands over this many images per call
         self.model_id = f"endpoint:{self.url}#{self.model}"
 
-    def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str]:
-        return [self.ask(image, instruction, max_tokens) for image in images]
+    def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str | CaptionFailure]:
+        halted = threading.Event()  # set when ``stop`` ends this call: its requests are not tried again
+        if len(images) == 1 and self.stop is None:
+            return [self.answer(images[0], instruction, max_tokens, halted)]
+        pool = ThreadPoolExecutor(max_workers=min(self.batch_size, len(images)), thread_name_prefix="cupscale-mllm")
+        futures = [pool.submit(self.answer, image, instruction, max_tokens, halted) for image in images]
+        stopped = True
+        try:
+            pending = futures
+            while pending:
+                if self.stop is not None:
+                    self.stop()
+                pending = wait(pending, timeout=STOP_POLL_S if self.stop else None).not_done
+            stopped = False
+            return [future.result() for future in futures]
+        finally:
+            # Stopped: return now; requests already sent end with their own timeout, in their threads, and
+            # are not tried again.
+            if stopped:
+                halted.set()
+            pool.shutdown(wait=not stopped, cancel_futures=True)
+
+    def answer(self, image: Image.Image, instruction: str, max_tokens: int,
+               halted: threading.Event) -> str | CaptionFailure:
+        """The image's answer, or the failure of its request alone (the run's errors still raise)."""
+        try:
+            return self.ask(image, instruction, max_tokens, halted)
+        except CaptionFailure as e:
+            return e
 
     def request(self, image: Image.Image, instruction: str, max_tokens: int) -> urllib.request.Request:
         content = [{"type": "text", "text": instruction}, {"type": "image_url", "image_url": {"url": data_url(image)}}]
@@ -223,11 +321,13 @@ class OpenAIEndpoint:
             headers["Authorization"] = f"Bearer {os.environ[API_KEY_ENV]}"
         return urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
 
-    def ask(self, image: Image.Image, instruction: str, max_tokens: int) -> str:
+    def ask(self, image: Image.Image, instruction: str, max_tokens: int, halted: threading.Event) -> str:
         request = self.request(image, instruction, max_tokens)
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(self.backoff_s * 2 ** (attempt - 1), 8.0))
+            if halted.is_set():
+                raise CaptionFailure("stopped")
             unreachable = None
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:

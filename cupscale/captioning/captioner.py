@@ -26,8 +26,9 @@ class CaptionBackend(Protocol):
     model_id: str  # names the model (and what changes its answers) in cache keys
     batch_size: int  # images per call
 
-    def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str]:
-        """One answer per image; raises :class:`CaptionFailure` when this call failed."""
+    def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str | CaptionFailure]:
+        """One answer per image: its text, or the :class:`CaptionFailure` of that image alone; raises
+        :class:`CaptionFailure` when the whole call failed."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Captioner:
             return {k: Answer("", str(e)) for k, _ in batch}
         answers = {}
         for (k, _), text in zip(batch, texts, strict=True):
+            if isinstance(text, CaptionFailure):
+                answers[k] = Answer("", str(text))
+                continue
             text = clean(text)
             if text:
                 self.cache.put(k, text)

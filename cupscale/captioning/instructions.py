@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from ..guards import check_text
 
 DESCRIPTION = ("Describe this image in one or two sentences as a prompt for a text-to-image model: name the "
                "objects, materials, textures and colours you see. Reply with the description only.")
@@ -48,6 +49,10 @@ class Instructions:
     high_level: str = XPSR_HIGH_LEVEL
     low_level: str = XPSR_LOW_LEVEL
 
+    def __post_init__(self):
+        for name in ("description", "tags", "high_level", "low_level"):
+            check_text(getattr(self, name), f"{name}_instruction")
+
     def get(self, name: str) -> str:
         text = getattr(self, name).strip()
         if not text:
@@ -75,6 +80,8 @@ class CaptionRequest:
     fallback_to_global: bool = False
 
     def __post_init__(self):
+        for name in ("global_prompt", "prefix", "suffix"):
+            check_text(getattr(self, name), name)
         if self.mode not in MODES:
             raise InputError(f"{{mode}} = {self.mode!r}: choose one of {', '.join(MODES)}.", mode="region_prompts")
 

@@ -61,6 +61,10 @@ def pixel_box(box) -> dict[str, int]:
 MAX_JSON_CHARS = 4_000_000
 """Longer region prompts JSON is refused before parsing: an API client's paste, not an edit."""
 
+MAX_REGIONS = 4096
+"""More region prompts are refused before any is read or encoded: a 16384 px square in 256 px tiles without
+overlap has 4096 regions, and each prompt costs a text-encoder pass."""
+
 
 def to_json(prompts: RegionPrompts) -> str:
     """The editable text form; :func:`from_json` reads it back to an equal object."""
@@ -90,6 +94,9 @@ def from_json(text: str, input_name: str = "region_prompts_json") -> RegionPromp
     except json.JSONDecodeError as e:
         raise ValueError(f"{input_name} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}). "
                          f"Paste the JSON this node wrote, or clear {input_name} to caption again.") from None
+    except RecursionError:
+        raise ValueError(f"{input_name} nests lists or objects thousands deep; region prompts JSON nests 4 deep. "
+                         f"Paste the JSON this node wrote, or clear {input_name} to caption again.") from None
     if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT:
         raise ValueError(f"{input_name} is not region prompts JSON: it needs \"format\": \"{JSON_FORMAT}\". "
                          f"Paste the JSON this node wrote, or clear {input_name} to caption again.")
@@ -100,6 +107,9 @@ def from_json(text: str, input_name: str = "region_prompts_json") -> RegionPromp
         raise ValueError(f"{input_name}: \"grid_in_latent_cells\" is broken ({e}); it needs integer height, "
                          f"width, tile_height, tile_width and overlap, as the node wrote them.") from None
     regions = field(doc, "regions", list, input_name)
+    if len(regions) > MAX_REGIONS:
+        raise ValueError(f"{input_name} lists {len(regions):,} regions, more than the {MAX_REGIONS:,} region prompts "
+                         f"are made for: use larger tiles, or clear {input_name} to caption again.")
     if min(h, w, th, tw) >= 1 and 0 <= o < min(th, tw) and region_count(*settings) != len(regions):
         raise ValueError(f"{input_name} lists {len(regions)} regions but its grid ({h}x{w} latent cells, tiles "
                          f"{th}x{tw}, overlap {o}) has {region_count(*settings)}; keep one entry per region, or "

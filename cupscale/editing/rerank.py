@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..guards import check_text
 from ..images import to_uint8
 
 
@@ -63,6 +64,7 @@ def rgb_bytes(images: torch.Tensor) -> list[np.ndarray]:
 def clip_scores(model, processor, images: torch.Tensor, text: str, device: torch.device | str = "cpu",
                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """CLIP's image-text logits (cosine similarity x logit scale, as ``logits_per_image``), one per image."""
+    check_text(text, "text")
     if not text.strip():
         raise InputError("{text} is empty: give the prompt the candidates were made with.", text="text")
     if mask is not None:

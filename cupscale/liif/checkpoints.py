@@ -89,8 +89,9 @@ def check_and_load(module: nn.Module, sd: dict[str, torch.Tensor], name: str,
     module.load_state_dict({ours: sd[theirs] for theirs, ours in own.items()})
 
 
-def liif_from_checkpoint(obj, name: str) -> ImplicitImageFunction:
-    """Build a pixel-space LIIF from LIIF's official ``{'model': {'name', 'args', 'sd'}}``."""
+def liif_from_checkpoint(obj, name: str, operations=nn) -> ImplicitImageFunction:
+    """Build a pixel-space LIIF from LIIF's official ``{'model': {'name', 'args', 'sd'}}``, its layers from
+    ``operations``."""
     spec = obj.get("model") if isinstance(obj, dict) else None
     if not (isinstance(spec, dict) and {"name", "args", "sd"} <= spec.keys()):
         kind = describe_state_dict(obj) if isinstance(obj, dict) else f"a {type(obj).__name__}"
@@ -112,22 +113,22 @@ def liif_from_checkpoint(obj, name: str) -> ImplicitImageFunction:
                               f"keep the input's resolution.")
     for unused in ("scale", "rgb_range"):
         encoder_args.pop(unused, None)
-    encoder = ENCODERS[kind][0](**encoder_args)
+    encoder = ENCODERS[kind][0](**encoder_args, operations=operations)
     imnet_spec = args.get("imnet_spec") or {}
     if imnet_spec.get("name") != "mlp":
         raise CheckpointError(f"{name}: expected an 'mlp' imnet, found {imnet_spec.get('name')!r}.")
     head = LIIFHead(encoder.out_dim, list(imnet_spec["args"]["hidden_list"]), imnet_spec["args"].get("out_dim", 3),
                     feat_unfold=args.get("feat_unfold", True), local_ensemble=args.get("local_ensemble", True),
-                    cell_decode=args.get("cell_decode", True))
+                    cell_decode=args.get("cell_decode", True), operations=operations)
     model = ImplicitImageFunction(encoder, head, encoder.receptive_radius)
     sd = {k: v for k, v in spec["sd"].items() if not k.startswith(UNUSED_ENCODER_KEYS)}
     check_and_load(model, sd, name, LIIF_LAYOUT)
     return model.eval()
 
 
-def load_liif(path: str | Path) -> ImplicitImageFunction:
+def load_liif(path: str | Path, operations=nn) -> ImplicitImageFunction:
     obj, _ = read_checkpoint(path)
-    return liif_from_checkpoint(obj, Path(path).name)
+    return liif_from_checkpoint(obj, Path(path).name, operations)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,8 @@ class ImplicitDecoder:
     info: DecoderInfo
 
 
-def head_from_state_dict(sd: dict[str, torch.Tensor], feat_dim: int, local_ensemble: bool, name: str) -> LIIFHead:
+def head_from_state_dict(sd: dict[str, torch.Tensor], feat_dim: int, local_ensemble: bool, name: str,
+                         operations=nn) -> LIIFHead:
     """A LIIF head whose options follow from its first layer's width (``imnet.layers.*`` keys)."""
     linear = sorted({int(k.split(".")[2]) for k in sd if k.startswith("imnet.layers.") and k.endswith(".weight")})
     widths = [sd[f"imnet.layers.{i}.weight"].shape[0] for i in linear]
@@ -160,12 +162,13 @@ def head_from_state_dict(sd: dict[str, torch.Tensor], feat_dim: int, local_ensem
         extra = in_dim - feat_dim * (9 if unfold else 1)
         if extra in (2, 4):
             return LIIFHead(feat_dim, widths[:-1], widths[-1], feat_unfold=unfold,
-                            local_ensemble=local_ensemble, cell_decode=extra == 4)
+                            local_ensemble=local_ensemble, cell_decode=extra == 4, operations=operations)
     raise CheckpointError(f"{name}: the LIIF MLP takes {in_dim} inputs, which fits no head on the trunk's "
                           f"{feat_dim} channels (expected {feat_dim}, or 9x for unfolding, plus 2 or 4).")
 
 
-def decoder_from_state_dict(sd: dict[str, torch.Tensor], metadata: dict[str, str], name: str) -> ImplicitDecoder:
+def decoder_from_state_dict(sd: dict[str, torch.Tensor], metadata: dict[str, str], name: str,
+                            operations=nn) -> ImplicitDecoder:
     """Build the implicit neural decoder (1x1 conv + trunk + LIIF) from any state dict that holds an IND
     under some prefix; refuse other models with what they look like."""
     heads = [k for k in sd if k.endswith(HEAD_KEY)]
@@ -188,27 +191,28 @@ def decoder_from_state_dict(sd: dict[str, torch.Tensor], metadata: dict[str, str
                               f"released configs is supported.")
     ensemble = metadata.get("local_ensemble", "true").lower() == "true"
     head = head_from_state_dict({k[len(prefix + "inr."):]: v for k, v in ind.items() if k.startswith(prefix + "inr.")},
-                                config.out_dim, ensemble, name)
-    model = implicit_decoder(config, head)
+                                config.out_dim, ensemble, name, operations)
+    model = implicit_decoder(config, head, operations)
     check_and_load(model, ind, name, IND_LAYOUT, prefix)
     hidden = tuple(layer.out_features for layer in head.imnet.layers if isinstance(layer, nn.Linear))[:-1]
     return ImplicitDecoder(model.eval(), DecoderInfo(config, hidden, metadata.get("latent", "unknown")))
 
 
-def implicit_decoder(config: TrunkConfig, head: LIIFHead) -> ImplicitImageFunction:
+def implicit_decoder(config: TrunkConfig, head: LIIFHead, operations=nn) -> ImplicitImageFunction:
     """IND: the 1x1 conv on the latent (post_quant_conv's place), the trunk, the LIIF head."""
-    features = nn.Sequential(nn.Conv2d(config.z_channels, config.z_channels, 1), DecoderTrunk(config))
+    features = nn.Sequential(operations.Conv2d(config.z_channels, config.z_channels, 1),
+                             DecoderTrunk(config, operations))
     return ImplicitImageFunction(features, head, receptive_radius=None)
 
 
-def load_implicit_decoder(path: str | Path) -> ImplicitDecoder:
+def load_implicit_decoder(path: str | Path, operations=nn) -> ImplicitDecoder:
     obj, metadata = read_checkpoint(path)
     name = Path(path).name
     try:
         sd = state_dict_of(obj)
     except CheckpointError as e:
         raise CheckpointError(f"{name}: {e}") from e
-    return decoder_from_state_dict(sd, metadata, name)
+    return decoder_from_state_dict(sd, metadata, name, operations)
 
 
 def decoder_state_dict(model: ImplicitImageFunction) -> dict[str, torch.Tensor]:

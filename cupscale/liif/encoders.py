@@ -8,6 +8,9 @@
 Each local extractor reports ``receptive_radius``: how many codes away a 3x3 convolution chain can
 see, which is the margin a tile needs to be computed exactly. The trunk normalises (GroupNorm) and
 attends over the whole map, so it has none.
+
+Layers come from ``operations`` (``torch.nn`` by default): ComfyUI passes its own ``comfy.ops`` classes, which
+skip the random initialisation a checkpoint overwrites anyway and leave casting to the host.
 """
 from __future__ import annotations
 
@@ -18,16 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, 3, padding=1)
+def conv3x3(c_in: int, c_out: int, ops=nn) -> nn.Conv2d:
+    return ops.Conv2d(c_in, c_out, 3, padding=1)
 
 
 class EDSRResBlock(nn.Module):
     """conv-ReLU-conv with a scaled residual (EDSR Sec. 3.1: no batch norm)."""
 
-    def __init__(self, feats: int, res_scale: float):
+    def __init__(self, feats: int, res_scale: float, ops=nn):
         super().__init__()
-        self.body = nn.Sequential(conv3x3(feats, feats), nn.ReLU(True), conv3x3(feats, feats))
+        self.body = nn.Sequential(conv3x3(feats, feats, ops), nn.ReLU(True), conv3x3(feats, feats, ops))
         self.res_scale = res_scale
 
     def forward(self, x):
@@ -37,11 +40,12 @@ class EDSRResBlock(nn.Module):
 class EDSR(nn.Module):
     """EDSR without the tail: head conv, residual blocks, a conv, and a long skip connection."""
 
-    def __init__(self, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0, in_channels: int = 3):
+    def __init__(self, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0, in_channels: int = 3,
+                 operations=nn):
         super().__init__()
-        self.head = nn.Sequential(conv3x3(in_channels, n_feats))
-        self.body = nn.Sequential(*[EDSRResBlock(n_feats, res_scale) for _ in range(n_resblocks)],
-                                  conv3x3(n_feats, n_feats))
+        self.head = nn.Sequential(conv3x3(in_channels, n_feats, operations))
+        self.body = nn.Sequential(*[EDSRResBlock(n_feats, res_scale, operations) for _ in range(n_resblocks)],
+                                  conv3x3(n_feats, n_feats, operations))
         self.out_dim = n_feats
         self.receptive_radius = 2 * n_resblocks + 2
 
@@ -53,9 +57,9 @@ class EDSR(nn.Module):
 class RDBConv(nn.Module):
     """One densely connected layer: its output is concatenated to its input."""
 
-    def __init__(self, c_in: int, growth: int):
+    def __init__(self, c_in: int, growth: int, ops=nn):
         super().__init__()
-        self.conv = nn.Sequential(conv3x3(c_in, growth), nn.ReLU())
+        self.conv = nn.Sequential(conv3x3(c_in, growth, ops), nn.ReLU())
 
     def forward(self, x):
         return torch.cat((x, self.conv(x)), 1)
@@ -64,10 +68,10 @@ class RDBConv(nn.Module):
 class RDB(nn.Module):
     """Residual dense block: dense layers, a 1x1 local feature fusion (LFF) and a residual."""
 
-    def __init__(self, g0: int, growth: int, layers: int):
+    def __init__(self, g0: int, growth: int, layers: int, ops=nn):
         super().__init__()
-        self.convs = nn.Sequential(*[RDBConv(g0 + i * growth, growth) for i in range(layers)])
-        self.LFF = nn.Conv2d(g0 + layers * growth, g0, 1)
+        self.convs = nn.Sequential(*[RDBConv(g0 + i * growth, growth, ops) for i in range(layers)])
+        self.LFF = ops.Conv2d(g0 + layers * growth, g0, 1)
 
     def forward(self, x):
         return x + self.LFF(self.convs(x))
@@ -79,17 +83,17 @@ RDN_CONFIGS = {"A": (20, 6, 32), "B": (16, 8, 64)}  # blocks D, layers per block
 class RDN(nn.Module):
     """RDN without the up-sampling net: shallow features, D dense blocks, global feature fusion."""
 
-    def __init__(self, G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B", in_channels: int = 3):
+    def __init__(self, G0: int = 64, RDNkSize: int = 3, RDNconfig: str = "B", in_channels: int = 3, operations=nn):
         super().__init__()
         if RDNkSize != 3:
             raise ValueError(f"RDNkSize = {RDNkSize}: only the released kernel size 3 is supported")
         if RDNconfig not in RDN_CONFIGS:
             raise ValueError(f"RDNconfig = {RDNconfig!r}: expected one of {sorted(RDN_CONFIGS)}")
         blocks, layers, growth = RDN_CONFIGS[RDNconfig]
-        self.SFENet1 = conv3x3(in_channels, G0)
-        self.SFENet2 = conv3x3(G0, G0)
-        self.RDBs = nn.ModuleList([RDB(G0, growth, layers) for _ in range(blocks)])
-        self.GFF = nn.Sequential(nn.Conv2d(blocks * G0, G0, 1), conv3x3(G0, G0))
+        self.SFENet1 = conv3x3(in_channels, G0, operations)
+        self.SFENet2 = conv3x3(G0, G0, operations)
+        self.RDBs = nn.ModuleList([RDB(G0, growth, layers, operations) for _ in range(blocks)])
+        self.GFF = nn.Sequential(operations.Conv2d(blocks * G0, G0, 1), conv3x3(G0, G0, operations))
         self.out_dim = G0
         self.receptive_radius = 2 + blocks * layers + 1
 
@@ -103,20 +107,20 @@ class RDN(nn.Module):
         return self.GFF(torch.cat(outs, 1)) + shallow
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6)
+def group_norm(channels: int, ops=nn) -> nn.GroupNorm:
+    return ops.GroupNorm(32, channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
     """The LDM autoencoder's residual block (no time embedding): norm-swish-conv twice."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, ops=nn):
         super().__init__()
-        self.norm1 = group_norm(c_in)
-        self.conv1 = conv3x3(c_in, c_out)
-        self.norm2 = group_norm(c_out)
-        self.conv2 = conv3x3(c_out, c_out)
-        self.nin_shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+        self.norm1 = group_norm(c_in, ops)
+        self.conv1 = conv3x3(c_in, c_out, ops)
+        self.norm2 = group_norm(c_out, ops)
+        self.conv2 = conv3x3(c_out, c_out, ops)
+        self.nin_shortcut = ops.Conv2d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x):
         h = self.conv1(F.silu(self.norm1(x)))
@@ -127,10 +131,10 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all positions of the map, with a residual."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, ops=nn):
         super().__init__()
-        self.norm = group_norm(channels)
-        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(channels, channels, 1) for _ in range(4))
+        self.norm = group_norm(channels, ops)
+        self.q, self.k, self.v, self.proj_out = (ops.Conv2d(channels, channels, 1) for _ in range(4))
 
     def forward(self, x):
         b, c, h, w = x.shape
@@ -161,16 +165,16 @@ class DecoderTrunk(nn.Module):
     the latent's resolution. Module names follow the LDM decoder, so a VAE's decoder weights fit.
     """
 
-    def __init__(self, config: TrunkConfig):
+    def __init__(self, config: TrunkConfig, operations=nn):
         super().__init__()
         levels = len(config.level_channels)
         attn_levels = config.attn_levels or (False,) * levels
         deepest = config.level_channels[-1]
-        self.conv_in = conv3x3(config.z_channels, deepest)
+        self.conv_in = conv3x3(config.z_channels, deepest, operations)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(deepest, deepest)
-        self.mid.attn_1 = AttnBlock(deepest) if config.mid_attention else nn.Identity()
-        self.mid.block_2 = ResnetBlock(deepest, deepest)
+        self.mid.block_1 = ResnetBlock(deepest, deepest, operations)
+        self.mid.attn_1 = AttnBlock(deepest, operations) if config.mid_attention else nn.Identity()
+        self.mid.block_2 = ResnetBlock(deepest, deepest, operations)
         self.up = nn.ModuleList()
         c_in = deepest
         for i in reversed(range(levels)):
@@ -179,9 +183,9 @@ class DecoderTrunk(nn.Module):
             level.block = nn.ModuleList()
             level.attn = nn.ModuleList()
             for _ in range(config.blocks_per_level):
-                level.block.append(ResnetBlock(c_in, c_out))
+                level.block.append(ResnetBlock(c_in, c_out, operations))
                 if attn_levels[i]:
-                    level.attn.append(AttnBlock(c_out))
+                    level.attn.append(AttnBlock(c_out, operations))
                 c_in = c_out
             self.up.insert(0, level)
         self.config = config

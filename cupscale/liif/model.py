@@ -37,22 +37,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
+from ..guards import gib
+from ..lru import env_limit
+
 AREA_EPS = 1e-9  # the official code adds this to every area so that the weights never divide 0 by 0
 MAX_OUTPUT_SIDE = 16384  # same bound as ComfyUI's MAX_RESOLUTION
+OUTPUT_MEGAPIXELS_VAR = "CUPSCALE_MAX_OUTPUT_MEGAPIXELS"
+DEFAULT_OUTPUT_MEGAPIXELS = 160  # admits one 12288 x 12288 image (151); 16384 x 16384 is 268
 
 
 class MLP(nn.Module):
     """f_theta: Linear-ReLU layers, laid out as LIIF's ``imnet.layers.N`` keys. The ReLUs work in
     place (a Linear's backward needs its input, not its output), one activation less per chunk."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: list[int]):
+    def __init__(self, in_dim: int, out_dim: int, hidden: list[int], operations=nn):
         super().__init__()
         layers: list[nn.Module] = []
         last = in_dim
         for width in hidden:
-            layers += [nn.Linear(last, width), nn.ReLU(inplace=True)]
+            layers += [operations.Linear(last, width), nn.ReLU(inplace=True)]
             last = width
-        layers.append(nn.Linear(last, out_dim))
+        layers.append(operations.Linear(last, out_dim))
         self.layers = nn.Sequential(*layers)
 
 
@@ -106,18 +112,19 @@ def ensemble_weights(offsets_y: list[torch.Tensor], offsets_x: list[torch.Tensor
 class LIIFHead(nn.Module):
     """The decoding function f_theta with LIIF's three options (Eq. 3, 4, 5).
 
-    ``feat_dim`` is the channel count of the feature map before unfolding.
+    ``feat_dim`` is the channel count of the feature map before unfolding; ``operations`` gives the layers
+    (cupscale.liif.encoders says why).
     """
 
     def __init__(self, feat_dim: int, hidden: list[int], out_dim: int = 3, feat_unfold: bool = True,
-                 local_ensemble: bool = True, cell_decode: bool = True):
+                 local_ensemble: bool = True, cell_decode: bool = True, operations=nn):
         super().__init__()
         self.feat_dim = feat_dim
         self.feat_unfold = feat_unfold
         self.local_ensemble = local_ensemble
         self.cell_decode = cell_decode
         self.code_dim = feat_dim * (9 if feat_unfold else 1)
-        self.imnet = MLP(self.code_dim + 2 + (2 if cell_decode else 0), out_dim, hidden)
+        self.imnet = MLP(self.code_dim + 2 + (2 if cell_decode else 0), out_dim, hidden, operations)
 
     @property
     def out_dim(self) -> int:
@@ -264,6 +271,20 @@ def render(model: ImplicitImageFunction, x: torch.Tensor, out_hw: tuple[int, int
     return out
 
 
+def check_output_budget(batch: int, out_hw: tuple[int, int], channels: int = 3) -> None:
+    """Refuse, before any work, an output past the pixel budget (``$CUPSCALE_MAX_OUTPUT_MEGAPIXELS``, 0 for
+    none): a server that takes prompts from anyone would otherwise spend minutes to hours on one, holding
+    gigabytes. The message gives the size and memory it would take, the limit, and the setting that raises
+    it; ``{size}`` names the inputs that set the size."""
+    limit = env_limit(OUTPUT_MEGAPIXELS_VAR, DEFAULT_OUTPUT_MEGAPIXELS)
+    pixels = batch * out_hw[0] * out_hw[1]
+    if limit and pixels > limit * 10 ** 6:
+        raise InputError(f"The {out_hw[1]}x{out_hw[0]} output of {batch} image(s) is {pixels / 1e6:.0f} megapixels "
+                         f"({gib(4 * channels * pixels)} as float32), past this server's limit of {limit}: lower "
+                         f"{{size}}, or raise ${OUTPUT_MEGAPIXELS_VAR} where ComfyUI starts (0 = no limit).",
+                         size="size")
+
+
 def working_bytes(model: ImplicitImageFunction, x: torch.Tensor, tile: int, max_points: int = 32768) -> int:
     """A rough peak of :func:`render` beside its output, for the host's memory manager: the
     features (whole map for a global extractor, else a crop), one tile's projected codes, and
@@ -303,7 +324,7 @@ def output_size(in_hw: tuple[int, int], scale_by: float, width: int = 0, height:
     elif height:
         size = (height, max(1, round(w * height / h)))
     else:
-        if not scale_by > 0:
+        if not (math.isfinite(scale_by) and scale_by > 0):
             raise ValueError(f"scale_by = {scale_by}: the scale factor must be positive (e.g. 1.5, 2.5, "
                              f"3.3), or set width/height for an exact size.")
         size = (max(1, round(h * scale_by)), max(1, round(w * scale_by)))

@@ -1,9 +1,9 @@
 """Regional Attention Prior (C-Upscale, Figs. 3-4): the global prompt's attention, region by region.
 
-Notation. At one cross-attention layer, the low-resolution latent z_L, noised to the sampler's current σ,
+Notation. At one cross-attention layer, the low-resolution latent z_L, noised to the sampler's current sigma,
 gives queries Q_L on a grid of h_L x w_L tokens; the global prompt c_g gives keys K_g and values V_g. Per head:
 
-    A_L = softmax(Q_L K_gᵀ / √d)                                                              (RAP)
+    A_L = softmax(Q_L K_g^T / sqrt(d))                                                         (RAP)
 
 one row per low-res token, a distribution over the prompt's tokens: where the global prompt's words fall on
 the low-res image. A region R of the high-resolution latent (a tile) runs the same layer on its own token
@@ -49,7 +49,7 @@ def merge_heads(t: torch.Tensor) -> torch.Tensor:
 
 
 def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(Q Kᵀ / √d) per head, in float32: (batch, heads, query tokens, key tokens)."""
+    """softmax(Q K^T / sqrt(d)) per head, in float32: (batch, heads, query tokens, key tokens)."""
     q, k = split_heads(q.float(), heads), split_heads(k.float(), heads)
     return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
 
@@ -170,8 +170,8 @@ def capture_size(hw: tuple[int, int], max_cells: int, multiple: int = 8) -> tupl
 
 def capture_latent(low: torch.Tensor, noise: torch.Tensor, max_cells: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The low-res latent and its noise at :func:`capture_size`. Both are area-averaged when they must shrink,
-    the noise scaled back to unit variance (averaging k cells divides it by √k), so the capture sees the same
-    picture under the same noise at the same σ, only coarser."""
+    the noise scaled back to unit variance (averaging k cells divides it by sqrt k), so the capture sees the same
+    picture under the same noise at the same sigma, only coarser."""
     size = capture_size(tuple(low.shape[-2:]), max_cells)
     if size == tuple(low.shape[-2:]):
         return low, noise

@@ -2,12 +2,12 @@
 
 For a region R (a tile) whose features give queries Q_R at a chosen cross-attention layer:
 
-    out_R = w · A_R V_g  +  (1 − w) · softmax(Q_R K_rᵀ / √d) V_r                               (AC)
+    out_R = w · A_R V_g  +  (1 - w) · softmax(Q_R K_r^T / sqrt(d)) V_r                          (AC)
 
 - A_R V_g, the Regional Attention Prior (cupscale.priors.attention_prior): the global prompt's attention on the
   low-resolution image, read at R, applied to the global prompt's values. It keeps R faithful to what the
   low-res image shows there.
-- softmax(Q_R K_rᵀ / √d) V_r, the Regional Semantic Prior: R's own attention to R's prompt (keys K_r and
+- softmax(Q_R K_r^T / sqrt(d)) V_r, the Regional Semantic Prior: R's own attention to R's prompt (keys K_r and
   values V_r projected from it), e.g. a multimodal LLM's caption of that region (Fig. 3). It adds detail.
 
 w = 1 keeps the global prompt's layout alone; w = 0 lets every region follow its own prompt. Only the
@@ -32,12 +32,12 @@ from torch import nn
 from ..errors import RunError
 from ..lru import LRU, env_limit
 from ..tiling.grid import RegionGrid, check_same_grid
-from ..captioning.region_prompts import RegionPrompts, from_json
+from ..captioning.region_prompts import MAX_JSON_CHARS, MAX_REGIONS, RegionPrompts, from_json
 from .items import Attend
 
 
 def compose(prior: torch.Tensor, region: torch.Tensor, weight: float) -> torch.Tensor:
-    """(AC) from its two attended terms: ``weight`` · prior + (1 − ``weight``) · region."""
+    """(AC) from its two attended terms: ``weight`` · prior + (1 - ``weight``) · region."""
     return weight * prior + (1.0 - weight) * region
 
 
@@ -51,7 +51,8 @@ def composed_attention(weight: float, prior: Callable[[], torch.Tensor],
 
 def region_attention(q: torch.Tensor, keys_values: list[tuple[torch.Tensor, torch.Tensor]],
                      attend: Attend) -> torch.Tensor:
-    """softmax(Q_R K_rᵀ / √d) V_r for each item of ``q`` with its own (K_r, V_r); items batched by prompt length."""
+    """softmax(Q_R K_r^T / sqrt(d)) V_r for each item of ``q`` with its own (K_r, V_r); items batched by prompt
+    length."""
     out = q.new_empty(q.shape[0], q.shape[1], keys_values[0][1].shape[-1])
     for length in {k.shape[1] for k, _ in keys_values}:
         items = [i for i, (k, _) in enumerate(keys_values) if k.shape[1] == length]
@@ -93,11 +94,18 @@ def from_region_prompts(prompts: RegionPrompts) -> RegionTexts:
 
 
 def parse_region_text(text: str, input_name: str) -> RegionTexts:
-    """Prompts typed by hand: MLLMRegionCaptioner's JSON (edited), or one line per region, or one line for all."""
+    """Prompts typed by hand: MLLMRegionCaptioner's JSON (edited), or one line per region, or one line for all.
+    Bounded as the JSON is, before any prompt is encoded."""
+    if len(text) > MAX_JSON_CHARS:
+        raise ValueError(f"{input_name} holds {len(text):,} characters, more than region prompts need (at most "
+                         f"{MAX_JSON_CHARS:,}): write one prompt per region, or connect region_prompts.")
     if text.lstrip().startswith("{"):
         prompts = from_json(text, input_name)
         return RegionTexts(prompts.prompts, prompts.grid, f"the region prompts JSON in {input_name}")
     lines = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(lines) > MAX_REGIONS:
+        raise ValueError(f"{input_name} holds {len(lines):,} lines, more than the {MAX_REGIONS:,} regions region "
+                         f"prompts are made for: write one line per region (row by row), or one line for all.")
     if not lines:
         raise ValueError(f"{input_name} is empty: write one prompt per region (one line each, row by row), a single "
                          f"prompt for all regions, or connect region_prompts from MLLMRegionCaptioner.")

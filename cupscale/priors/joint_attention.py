@@ -4,13 +4,13 @@ token's attention, taken on the low-res image and read per tile.
 A DiT has no cross-attention: in each double (joint) block the image and text tokens attend together,
 softmax over [text keys; image keys]. An image query's output splits exactly into
 
-    out = α · O_txt + (1 − α) · O_img,   O_txt = softmax(q K_txtᵀ/√d) V_txt,
+    out = alpha · O_txt + (1 - alpha) · O_img,   O_txt = softmax(q K_txt^T/sqrt(d)) V_txt,
 
-α being the share of its attention that falls on text (O_img likewise over the image keys). O_txt is the
-cross-attention of a UNet: where the prompt's words fall. The prior keeps the tile's own α and O_img and
+alpha being the share of its attention that falls on text (O_img likewise over the image keys). O_txt is the
+cross-attention of a UNet: where the prompt's words fall. The prior keeps the tile's own alpha and O_img and
 replaces O_txt by the low-res image's, read at the tile:
 
-    out' = out + α · w · (Ô_txt − O_txt)                                              (joint RAP)
+    out' = out + alpha · w · (Ô_txt - O_txt)                                              (joint RAP)
 
 with w = 1 (the prior alone) or the composer's weight. Ô_txt is read bilinearly from the captured O_txt
 laid out as an image; since bilinear weights sum to one, that equals reading the maps A_L and applying them
@@ -18,8 +18,8 @@ to V_txt (cupscale.priors.attention_prior), at head-dim instead of prompt-length
 AttentionComposer the tile's own prompt is its region's, so w = 0 leaves each tile attending to its region
 prompt alone.
 
-α comes from the host's own attention call (any backend) with one extra value channel that is 1 on the text
-keys: its output in that channel is α. Queries and keys get zero channels to match (and the queries a
+alpha comes from the host's own attention call (any backend) with one extra value channel that is 1 on the text
+keys: its output in that channel is alpha. Queries and keys get zero channels to match (and the queries a
 factor that keeps the softmax scale), so the call's logits are unchanged.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .attention_prior import read_regions
 from .items import ItemRegions
 
-PAD = 8  # extra head channels of the α call: one carries α, the rest keep the head size a multiple of 8
+PAD = 8  # extra head channels of the alpha call: one carries alpha, the rest keep the head size a multiple of 8
 Attend4 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """The host's attention on (batch, heads, tokens, d) tensors, returning the same layout."""
 
@@ -50,7 +50,7 @@ class CapturedText:
 
 
 def text_attention(q_img: torch.Tensor, k_txt: torch.Tensor, v_txt: torch.Tensor) -> torch.Tensor:
-    """O_txt = softmax(q K_txtᵀ/√d) V_txt per head, in float32: (batch, heads, image tokens, d). The text is
+    """O_txt = softmax(q K_txt^T/sqrt(d)) V_txt per head, in float32: (batch, heads, image tokens, d). The text is
     short (77-512 tokens), so the probabilities are formed explicitly, one item at a time."""
     scale = q_img.shape[-1] ** -0.5
     out = [torch.softmax(q.float() @ k.float().transpose(-1, -2) * scale, dim=-1) @ v.float()
@@ -68,7 +68,7 @@ def capture_text(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int,
 
 def attention_with_text_share(attend: Attend4, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               text: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The joint attention ``attend(q, k, v)`` and α, the share of each query's attention on the first
+    """The joint attention ``attend(q, k, v)`` and alpha, the share of each query's attention on the first
     ``text`` keys: (batch, heads, tokens, d) and (batch, heads, tokens, 1), from one call of the host."""
     d = q.shape[-1]
     marker = torch.zeros(*v.shape[:-1], PAD, dtype=v.dtype, device=v.device)

@@ -28,7 +28,7 @@ from .items import Attend, ItemRegions
 class AttentionCall:
     """One call of a chosen layer, as its processors see it.
 
-    ``maps`` holds the run's (RAP) by layer at the current σ (the capture pass fills it); ``where``
+    ``maps`` holds the run's (RAP) by layer at the current sigma (the capture pass fills it); ``where``
     locates the items being processed (the sampler's passes); ``composer`` is set under AttentionComposer.
     """
 
@@ -53,7 +53,7 @@ class CaptureProcessor:
 
 class PriorProcessor:
     """A_R V_g: this layer's captured maps read at each item's region, applied to the global prompt's values.
-    Out of the prior's step range (no maps at this σ) the items attend to their own prompt."""
+    Out of the prior's step range (no maps at this sigma) the items attend to their own prompt."""
 
     def __init__(self, layer: tuple):
         self.layer = layer
@@ -66,7 +66,7 @@ class PriorProcessor:
 
 
 class ComposerProcessor:
-    """(AC): w · (the prior's term) + (1 − w) · each item's attention to its region's prompt, whose keys and
+    """(AC): w · (the prior's term) + (1 - w) · each item's attention to its region's prompt, whose keys and
     values this layer's ``attn2`` projects."""
 
     def __init__(self, prior: PriorProcessor, attn2: nn.Module):

@@ -1,23 +1,23 @@
 """Global Structure Prior (C-Upscale, Fig. 3): keep the low-resolution image's layout.
 
-Notation. At every denoising step the sampler holds the denoised estimate ẑ₀ of the high-resolution
+Notation. At every denoising step the sampler holds the denoised estimate z0_hat of the high-resolution
 latent (for tiled sampling, the MultiDiffusion merge of the tiles, after CFG). z_L is the
-low-resolution latent resized to ẑ₀'s size. A low-pass LP splits a latent into bands,
-x = LP(x) + HP(x) with HP = I − LP. The prior aligns ẑ₀'s low band with z_L's:
+low-resolution latent resized to z0_hat's size. A low-pass LP splits a latent into bands,
+x = LP(x) + HP(x) with HP = I - LP. The prior aligns z0_hat's low band with z_L's:
 
-    ẑ₀' = HP(ẑ₀) + (1 − w_t) · LP(ẑ₀) + w_t · LP(z_L)                                      (GSP)
+    z0_hat' = HP(z0_hat) + (1 - w_t) · LP(z0_hat) + w_t · LP(z_L)                                      (GSP)
 
 so the composition and colours (low band) follow the low-resolution image while the details
 (high band) stay the model's. w_t is the strength, shaped over a range of steps by a decay.
 
 What w_t = 1 guarantees, for each kind of low-pass:
-- ``fft``: LP is an orthogonal projection (an ideal band mask, LP∘LP = LP), so LP(ẑ₀') = LP(z_L)
-  and HP(ẑ₀') = HP(ẑ₀): both bands are exactly the intended ones, measured by the same filter.
-- ``gaussian``: a blur G is not a projection (G∘G ≠ G), so no additive correction can make
-  G(ẑ₀') = G(z_L) without deconvolving. What (GSP) guarantees is the split itself: ẑ₀' is the sum
-  of z_L's low band G(z_L) and ẑ₀'s high band ẑ₀ − G(ẑ₀); equivalently the guide adds only blurred
-  content, ẑ₀' − ẑ₀ = G(z_L − ẑ₀), and what differs from the reference is only high-passed,
-  ẑ₀' − z_L = (I − G)(ẑ₀ − z_L).
+- ``fft``: LP is an orthogonal projection (an ideal band mask, LP(LP(x)) = LP(x)), so LP(z0_hat') = LP(z_L)
+  and HP(z0_hat') = HP(z0_hat): both bands are exactly the intended ones, measured by the same filter.
+- ``gaussian``: a blur G is not a projection (G(G(x)) != G(x)), so no additive correction can make
+  G(z0_hat') = G(z_L) without deconvolving. What (GSP) guarantees is the split itself: z0_hat' is the sum
+  of z_L's low band G(z_L) and z0_hat's high band z0_hat - G(z0_hat); equivalently the guide adds only blurred
+  content, z0_hat' - z0_hat = G(z_L - z0_hat), and what differs from the reference is only high-passed,
+  z0_hat' - z_L = (I - G)(z0_hat - z_L).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def check_same_aspect(reference_hw: tuple[int, int], working_hw: tuple[int, int]
     """Refuse a low-res latent of another aspect ratio: stretching it would distort the structure.
 
     One latent cell of rounding per side is allowed (sizes are rounded to whole cells at every
-    stage of an upscale), i.e. |H·w − W·h| ≤ H + W + h + w.
+    stage of an upscale), i.e. |H·w - W·h| <= H + W + h + w.
     """
     (h, w), (H, W) = reference_hw, working_hw
     if abs(H * w - W * h) > H + W + h + w:
@@ -104,6 +104,6 @@ def step_weight(progress: float, strength: float, start: float, end: float, deca
 
 
 def lowfreq_error(x: torch.Tensor, reference: torch.Tensor, kind: str, amount: float) -> float:
-    """‖LP(x) − LP(z_L)‖ / ‖LP(z_L)‖: how far ``x``'s global structure is from the reference's."""
+    """||LP(x) - LP(z_L)|| / ||LP(z_L)||: how far ``x``'s global structure is from the reference's."""
     target = lowpass(reference.float(), kind, amount)
     return float((lowpass(x.float(), kind, amount) - target).norm() / target.norm())

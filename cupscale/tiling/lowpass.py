@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 @functools.lru_cache(maxsize=64)  # one per (sigma, size, device) of a run, reused at every step
 def gaussian_kernel(sigma: float, radius: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The normalised 1D Gaussian exp(-x²/2σ²) on the taps -radius..radius, float32, kept on ``device``."""
+    """The normalised 1D Gaussian exp(-x²/2sigma²) on the taps -radius..radius, float32, kept on ``device``."""
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-x ** 2 / (2 * sigma ** 2))
     return (kernel / kernel.sum()).float().to(device)
@@ -57,14 +57,14 @@ def lowpass(x: torch.Tensor, kind: str, amount: float) -> torch.Tensor:
 
 
 def frequency_split(x: torch.Tensor, kind: str, amount: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LP(x), HP(x)) with HP = x − LP(x): the two bands sum back to ``x``."""
+    """(LP(x), HP(x)) with HP = x - LP(x): the two bands sum back to ``x``."""
     low = lowpass(x, kind, amount)
     return low, x - low
 
 
 def align_low_frequencies(denoised: torch.Tensor, reference_low: torch.Tensor, weight: float,
                           kind: str, amount: float) -> torch.Tensor:
-    """C-Upscale's (GSP), cupscale.priors.structure: HP(ẑ₀) + lerp(LP(ẑ₀), LP(z_L), w_t); ``reference_low``
+    """C-Upscale's (GSP), cupscale.priors.structure: HP(z0_hat) + lerp(LP(z0_hat), LP(z_L), w_t); ``reference_low``
     is LP(z_L). Also the low-passed background of blended diffusion, at weight 1."""
     low, high = frequency_split(denoised, kind, amount)
     return high + torch.lerp(low, reference_low.to(low.dtype), weight)

@@ -13,6 +13,7 @@ broadcasting keep working unchanged.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -100,7 +101,7 @@ class TileMerger:
     def add(self, out: torch.Tensor, indices: tuple[int, ...], chunks: int) -> None:
         k = len(indices)
         per_chunk = self.total.shape[0] // chunks
-        out = out.reshape(chunks, k, per_chunk, *out.shape[1:])
+        out = out.to(self.total.device).reshape(chunks, k, per_chunk, *out.shape[1:])
         for j, i in enumerate(indices):
             rows, cols = self.grid.boxes[i].slices()
             w = self.weights[i]
@@ -134,9 +135,12 @@ def balanced_sizes(tiles: int, most: int) -> list[int]:
     return [tiles // calls + (i < tiles % calls) for i in range(calls)] if tiles else [1]
 
 
+Evaluate = Callable[[TileBatch, torch.Tensor], torch.Tensor]
+
+
 def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_size: int | Sequence[int],
-              evaluate: Callable[[TileBatch, torch.Tensor], torch.Tensor], *, chunks: int = 1,
-              tiles: list[int] | None = None, report: Callable[[int, int], None] | None = None) -> torch.Tensor:
+              evaluate: Evaluate | Sequence[Evaluate], *, chunks: int = 1, tiles: list[int] | None = None,
+              report: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """One MultiDiffusion evaluation: ``evaluate(batch, tile_x)`` on ``tiles`` (default: all) in batches of at most
     ``batch_size``, evenly split (:func:`balanced_sizes`), or of the sizes given (in order, the last repeated),
     the predictions merged with the feathered ``weights``; cells no tile covers keep ``x``.
@@ -144,22 +148,48 @@ def run_tiles(x: torch.Tensor, grid: RegionGrid, weights: torch.Tensor, batch_si
     ``x`` holds ``chunks`` chunks of images; ``evaluate`` gets and returns them laid out chunk-major. It
     is the caller's model call with whatever rides along (conditioning crops, hints, interruption);
     ``report(done, total)`` hears of each finished batch.
+
+    Several ``evaluate`` (one per device, each moving its tiles there) share the batches, batch ``i`` going to
+    ``evaluate[i % n]``, each device working through its own in order while the others run; the predictions
+    come back to ``x``'s device and are merged there in batch order, so the result equals one device's.
     """
     tiles = list(range(len(grid))) if tiles is None else tiles
     images = x.shape[0] // chunks
     sizes = balanced_sizes(len(tiles), batch_size) if isinstance(batch_size, int) else list(batch_size)
+    batches, start = [], 0
+    while start < len(tiles):
+        size = sizes[min(len(batches), len(sizes) - 1)]
+        batches.append(TileBatch(grid, tuple(tiles[start:start + size]), chunks, images))
+        start += size
+    evaluators = list(evaluate) if isinstance(evaluate, Sequence) else [evaluate]
     merger = TileMerger(x, grid, weights)
-    start = 0
-    for call in range(len(tiles)):
-        if start >= len(tiles):
-            break
-        size = sizes[min(call, len(sizes) - 1)]
-        batch = TileBatch(grid, tuple(tiles[start:start + size]), chunks, images)
-        merger.add(evaluate(batch, gather_tiles(x, batch.boxes, chunks)), batch.indices, chunks)
-        start += len(batch.indices)
+    if len(evaluators) == 1:
+        outputs = (evaluate_batch(evaluators[0], b, x) for b in batches)
+        return merge_in_order(merger, batches, outputs, report, fallback=x)
+    devices = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cupscale-tiles-{d}")
+               for d in range(len(evaluators))]
+    try:
+        futures = [devices[i % len(devices)].submit(evaluate_batch, evaluators[i % len(devices)], b, x)
+                   for i, b in enumerate(batches)]
+        return merge_in_order(merger, batches, (f.result() for f in futures), report, fallback=x)
+    finally:
+        for device in devices:
+            device.shutdown(wait=True, cancel_futures=True)
+
+
+def evaluate_batch(evaluate: Evaluate, batch: TileBatch, x: torch.Tensor) -> torch.Tensor:
+    return evaluate(batch, gather_tiles(x, batch.boxes, batch.chunks))
+
+
+def merge_in_order(merger: TileMerger, batches: list[TileBatch], outputs, report, fallback: torch.Tensor):
+    """Merged in batch order whichever device finished first: the sums are then one device's, bit for bit."""
+    done, total = 0, sum(len(b.indices) for b in batches)
+    for batch, out in zip(batches, outputs):
+        merger.add(out, batch.indices, batch.chunks)
+        done += len(batch.indices)
         if report is not None:
-            report(start, len(tiles))
-    return merger.result(fallback=x)
+            report(done, total)
+    return merger.result(fallback=fallback)
 
 
 def auto_batch_size(tiles: int, free_bytes: float, required_bytes: Callable[[int], float]) -> int:
