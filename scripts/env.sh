@@ -1,59 +1,77 @@
-# Sourced by the other scripts: finds the ComfyUI host and makes the venv that runs the pack.
-# Host order (README "Host"): $COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds this pack,
-# ~/comfy/ComfyUI, else a clone of the pinned tag where the network allows.
+# Sourced by the other scripts: finds the ComfyUI host and makes the venv that runs the pack (with
+# CUPSCALE_CORE=1: no host, a venv for the plain-torch core and its tests).
+# Host order (README "Host"): $COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds this pack, ComfyUI
+# v0.33.0 under ~/comfy (else a clone of it where the network allows), else another supported release there.
 set -euo pipefail
 
 PACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-COMFYUI_TAG=v0.3.64
-COMFYUI_REPO=https://github.com/comfyanonymous/ComfyUI
-VENV=${CUPSCALE_VENV:-$PACK_DIR/.venv}
-
-is_comfyui() { [ -f "$1/main.py" ] && [ -d "$1/comfy" ] && [ -f "$1/nodes.py" ]; }
+source "$PACK_DIR/scripts/hosts.sh"
 
 find_host() {
   if [ -n "${COMFYUI_PATH:-}" ]; then
     is_comfyui "$COMFYUI_PATH" || { echo "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI folder (no main.py, comfy/, nodes.py)." >&2; return 1; }
     echo "$COMFYUI_PATH"; return
   fi
-  local parent; parent=$(dirname "$PACK_DIR")
+  local parent found; parent=$(dirname "$PACK_DIR")
   if [ "$(basename "$parent")" = custom_nodes ] && is_comfyui "$(dirname "$parent")"; then
     dirname "$parent"; return
   fi
-  if is_comfyui "$HOME/comfy/ComfyUI"; then echo "$HOME/comfy/ComfyUI"; return; fi
-  echo "No ComfyUI found; cloning $COMFYUI_TAG into ~/comfy/ComfyUI ..." >&2
-  if git clone --quiet --depth 1 --branch "$COMFYUI_TAG" "$COMFYUI_REPO" "$HOME/comfy/ComfyUI" >&2 2>/dev/null; then
-    echo "$HOME/comfy/ComfyUI"; return
+  found=$(host_of_version "$DEFAULT_HOST")
+  if [ -n "$found" ]; then echo "$found"; return; fi
+  echo "No ComfyUI v$DEFAULT_HOST under $HOSTS_DIR; cloning it into $HOSTS_DIR/ComfyUI-$DEFAULT_HOST ..." >&2
+  if git clone --quiet --depth 1 --branch "v$DEFAULT_HOST" "$COMFYUI_REPO" "$HOSTS_DIR/ComfyUI-$DEFAULT_HOST" >&2 2>/dev/null; then
+    echo "$HOSTS_DIR/ComfyUI-$DEFAULT_HOST"; return
   fi
-  cat >&2 <<MSG
-No ComfyUI host could be found or cloned. Provide ComfyUI $COMFYUI_TAG in one of these ways:
-  - export COMFYUI_PATH=/path/to/ComfyUI
-  - put this pack in ComfyUI/custom_nodes/
-  - place ComfyUI at ~/comfy/ComfyUI   (git clone --branch $COMFYUI_TAG $COMFYUI_REPO ~/comfy/ComfyUI)
-MSG
+  local v
+  for v in "${SUPPORTED_HOSTS[@]}"; do
+    found=$(host_of_version "$v")
+    if [ -n "$found" ]; then
+      echo "The clone failed; using ComfyUI v$v at $found (the default is v$DEFAULT_HOST)." >&2
+      echo "$found"; return
+    fi
+  done
+  echo "No ComfyUI host could be found or cloned. Provide one of ${SUPPORTED_HOSTS[*]}:" >&2
+  host_recipe >&2
   return 1
 }
 
-# torch and torchvision are pinned together: spandrel (ComfyUI's upscale-model loader) needs
-# torchvision, and 2.14.1/0.29.1 is the pair that installs and imports together on the CPU here.
-TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
-
+# make_venv VENV "PINS" REQUIREMENTS...: a python3.11 venv with the pinned torch, remade only when the
+# requirements or the pins change.
 make_venv() {
-  local host=$1 stamp
-  stamp=$(cat "$host/requirements.txt" "$PACK_DIR/requirements.txt" "$PACK_DIR/requirements-dev.txt" "$PACK_DIR/scripts/env.sh" | sha1sum | cut -c1-12)
-  if [ -f "$VENV/.cupscale-stamp" ] && [ "$(cat "$VENV/.cupscale-stamp")" = "$stamp" ]; then return; fi
-  echo "Creating venv $VENV (python3.11) ..." >&2
-  rm -rf "$VENV"
-  python3.11 -m venv "$VENV"
-  local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
-  "${pip[@]}" "${TORCH_PINS[@]}"
-  grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' "$host/requirements.txt" > "$VENV/host-requirements.txt"
-  "${pip[@]}" -r "$VENV/host-requirements.txt" torchsde requests "${TORCH_PINS[@]}"
-  "${pip[@]}" -r "$PACK_DIR/requirements.txt" -r "$PACK_DIR/requirements-dev.txt" "${TORCH_PINS[@]}"
-  echo "$stamp" > "$VENV/.cupscale-stamp"
+  local venv=$1 stamp pins; read -r -a pins <<< "$2"; shift 2
+  stamp=$( (echo "${pins[*]}"; cat "$@") | sha1sum | cut -c1-12)
+  if [ -f "$venv/.cupscale-stamp" ] && [ "$(cat "$venv/.cupscale-stamp")" = "$stamp" ]; then return; fi
+  echo "Creating venv $venv (python3.11, ${pins[*]}) ..." >&2
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  python3.11 -m venv "$venv"
+  local pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+  "${pip[@]}" "${pins[@]}"
+  # The requirements together, in one resolve, without their unpinned torch lines.
+  awk 1 "$@" | grep -v -E '^\s*(torch|torchvision|torchaudio)\s*$' > "$venv/requirements.txt"
+  "${pip[@]}" -r "$venv/requirements.txt" "${pins[@]}"
+  echo "$stamp" > "$venv/.cupscale-stamp"
 }
+
+VENVS=${XDG_CACHE_HOME:-$HOME/.cache}/cupscale
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+if [ "${CUPSCALE_CORE:-}" = 1 ]; then
+  # The plain-torch core and its tests (marked hostfree) need no ComfyUI: torch and the pack's requirements.
+  VENV=${CUPSCALE_VENV:-$VENVS/venv-core}
+  make_venv "$VENV" "torch==2.13.0" "$PACK_DIR/requirements.txt" "$PACK_DIR/requirements-dev.txt"
+  PY="$VENV/bin/python"
+  return 0
+fi
 
 COMFYUI_PATH=$(find_host)
 export COMFYUI_PATH
-make_venv "$COMFYUI_PATH"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
+COMFYUI_VERSION=$(host_version "$COMFYUI_PATH")
+is_supported "$COMFYUI_VERSION" ||
+  echo "ComfyUI at $COMFYUI_PATH is v$COMFYUI_VERSION; the pack is tested on ${SUPPORTED_HOSTS[*]}." >&2
+# One venv per host release, kept outside the checkout so that clean clones (CI) reuse it.
+VENV=${CUPSCALE_VENV:-$VENVS/venv-$COMFYUI_VERSION}
+make_venv "$VENV" "$(torch_pins "$COMFYUI_VERSION")" "$COMFYUI_PATH/requirements.txt" \
+  "$PACK_DIR/scripts/host-extras.txt" "$PACK_DIR/requirements.txt" "$PACK_DIR/requirements-dev.txt"
+# .venv/bin/python (bench/, docs) is the venv of the host used last; a .venv folder of old is left alone.
+[ -d "$PACK_DIR/.venv" ] && [ ! -L "$PACK_DIR/.venv" ] || ln -sfn "$VENV" "$PACK_DIR/.venv"
 PY="$VENV/bin/python"
