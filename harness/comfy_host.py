@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
+import re
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -12,19 +15,25 @@ _booted = False
 
 
 def host_path() -> Path:
-    """The host from $COMFYUI_PATH, the ComfyUI holding the pack, or the first under ~/comfy in the order of
-    scripts/hosts.sh (v0.33.0, v0.14.1, v0.3.64 side by side, then ~/comfy/ComfyUI)."""
-    candidates = [os.environ.get("COMFYUI_PATH")]
-    if PACK_DIR.parent.name == "custom_nodes":
-        candidates.append(str(PACK_DIR.parent.parent))
-    hosts = Path(os.environ.get("CUPSCALE_HOSTS_DIR", Path.home() / "comfy"))
-    candidates += [str(hosts / f"ComfyUI-{v}") for v in ("0.33.0", "0.14.1", "0.3.64")] + [str(hosts / "ComfyUI")]
-    for c in candidates:
-        if c and (Path(c) / "comfy").is_dir() and (Path(c) / "nodes.py").is_file():
-            return Path(c)
-    raise RuntimeError(f"No ComfyUI host found: set COMFYUI_PATH to a ComfyUI folder (v0.33.0, v0.14.1 or v0.3.64), "
-                       f"put this pack in ComfyUI/custom_nodes/, or place ComfyUI v0.33.0 at {hosts}/ComfyUI-0.33.0 "
-                       f"(scripts/env.sh says how).")
+    """The host scripts/hosts.sh picks (``find_host``: $COMFYUI_PATH, the ComfyUI holding the pack, a release
+    archive, ~/comfy); $COMFYUI_PATH alone when set, as the scripts export it."""
+    if os.environ.get("COMFYUI_PATH"):
+        return Path(os.environ["COMFYUI_PATH"])
+    found = subprocess.run(["bash", "-c", 'source scripts/hosts.sh && find_host'], cwd=PACK_DIR,
+                           capture_output=True, text=True)
+    if found.returncode or not found.stdout.strip():
+        raise RuntimeError(f"No ComfyUI host found:\n{found.stderr}")
+    return Path(found.stdout.strip().splitlines()[-1])
+
+
+# The default host (scripts/hosts.sh DEFAULT_HOST), on which the shipped UI workflows are made.
+DEFAULT_RELEASE = re.search(r"^DEFAULT_HOST=(\S+)", (PACK_DIR / "scripts" / "hosts.sh").read_text(), re.M).group(1)
+
+
+def release() -> str:
+    """The booted host's release, from its own comfyui_version.py."""
+    import comfyui_version
+    return comfyui_version.__version__
 
 
 def prepare(cpu: bool = True) -> None:
@@ -53,6 +62,7 @@ def boot(cpu: bool = True) -> None:
         return
     prepare(cpu)
     import nodes
+    stand_in_server()
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     if not asyncio.run(nodes.load_custom_node(str(PACK_DIR))):
         raise RuntimeError(f"ComfyUI could not load the pack at {PACK_DIR}; see the log above.")
@@ -62,16 +72,32 @@ def boot(cpu: bool = True) -> None:
 
 
 class CapturingServer:
-    """The little a PromptExecutor needs of a server; keeps every message it is sent."""
+    """The little a PromptExecutor and the host's nodes need of a server; keeps every message it is sent."""
 
     def __init__(self):
         self.client_id = None
         self.last_node_id = None
         self.last_prompt_id = None
         self.messages: list[tuple[str, dict]] = []
+        try:  # newer hosts register their built-in node replacements on the server as their nodes load
+            from app.node_replace_manager import NodeReplaceManager
+            self.node_replace_manager = NodeReplaceManager()
+        except ImportError:
+            pass
 
     def send_sync(self, event, data, sid=None):
         self.messages.append((event, data))
+
+    def send_progress_text(self, text, node_id, sid=None):
+        self.messages.append(("progress_text", {"node": node_id, "text": text}))
+
+
+def stand_in_server() -> None:
+    """Where no server runs in this process, nodes that reach ``PromptServer.instance`` (v0.14's node
+    replacements, progress text) meet a :class:`CapturingServer` instead of an AttributeError."""
+    import server
+    if getattr(server.PromptServer, "instance", None) is None:
+        server.PromptServer.instance = CapturingServer()
 
 
 class PromptError(RuntimeError):
@@ -81,21 +107,22 @@ class PromptError(RuntimeError):
 def new_executor():
     """An executor for :func:`run_prompt`; one kept across prompts keeps its cache (models stay loaded).
 
-    Where the executor takes cache arguments (newer hosts read ``cache_args["ram"]`` after every node), they
-    are given as the host's main.py gives them, from its parsed command line."""
+    Newer hosts take cache arguments and read them after every node (v0.14: ``ram`` as one number; v0.33 also
+    ``ram_inactive``); the classic cache, main.py's ``--cache-classic``, is given them as numbers with no RAM
+    headroom, which every release reads the same way."""
     import inspect
 
     import execution
-    from comfy.cli_args import args
     if "cache_args" not in inspect.signature(execution.PromptExecutor).parameters:
         return execution.PromptExecutor(CapturingServer())
-    cache_args = {"lru": getattr(args, "cache_lru", 0), "ram": getattr(args, "cache_ram", 0)}
-    return execution.PromptExecutor(CapturingServer(), cache_args=cache_args)
+    return execution.PromptExecutor(CapturingServer(), cache_args={"lru": 0, "ram": 0.0, "ram_inactive": 0.0})
 
 
 def run_prompt(prompt: dict, executor=None) -> dict:
-    """Validate and execute an API-format prompt in-process; returns ComfyUI's history result."""
+    """Validate and execute an API-format prompt in-process; returns ComfyUI's history result. The host writes
+    into the prompt it runs (v0.33 keeps each node's ``is_changed`` there), so it gets a copy, as from JSON."""
     import execution
+    prompt = copy.deepcopy(prompt)
     prompt_id = str(uuid.uuid4())
     valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not valid[0]:

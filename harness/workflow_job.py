@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,15 +24,14 @@ class NoImageSaved(RuntimeError):
 
 
 @contextmanager
-def host_folders(tmp: Path):
-    """The host's input and output folders under ``tmp`` for one image, put back afterwards."""
+def host_folders(inputs: Path, outputs: Path):
+    """The host's input and output folders for one image, put back afterwards."""
     import folder_paths
     saved = folder_paths.get_input_directory(), folder_paths.get_output_directory()
-    (tmp / "input").mkdir()
     try:
-        folder_paths.set_input_directory(str(tmp / "input"))
-        folder_paths.set_output_directory(str(tmp / "output"))
-        yield tmp / "input", tmp / "output"
+        folder_paths.set_input_directory(str(inputs))
+        folder_paths.set_output_directory(str(outputs))
+        yield
     finally:
         folder_paths.set_input_directory(saved[0])
         folder_paths.set_output_directory(saved[1])
@@ -60,15 +60,23 @@ class EmbeddedWorkflow:
         # Set once, before any image: the progress bar counts the tiles and steps of the prompt as it runs.
         self.prompt = workflows.with_overrides(prompt, list(overrides))
         self.executor = comfy_host.new_executor()
+        # One output folder for the job: the executor keeps node objects between prompts, and SaveImage reads
+        # its folder once, when it is made (v0.33).
+        self.outputs = Path(tempfile.mkdtemp(prefix="cupscale-job-"))
+        weakref.finalize(self, shutil.rmtree, self.outputs, True)
 
     def upscale(self, source: Path, output: Path) -> None:
         """Run the workflow on ``source`` and copy the last image it saved to ``output``."""
         name = "input" + source.suffix.lower()
-        with tempfile.TemporaryDirectory() as tmp, host_folders(Path(tmp)) as (inputs, outputs):
-            shutil.copy(source, inputs / name)
+        with tempfile.TemporaryDirectory() as inputs, host_folders(Path(inputs), self.outputs):
+            shutil.copy(source, Path(inputs) / name)
             history = comfy_host.run_prompt(workflows.with_image(self.prompt, name), self.executor)
             saved = [img for out in history["outputs"].values() for img in out.get("images", [])
                      if img.get("type") == "output"]
             if not saved:
                 raise NoImageSaved("the workflow saved no image (does it end in SaveImage?)")
-            shutil.copy(outputs / saved[-1]["subfolder"] / saved[-1]["filename"], output)
+            for img in saved:
+                written = self.outputs / img["subfolder"] / img["filename"]
+                if img is saved[-1]:
+                    shutil.copy(written, output)
+                written.unlink()

@@ -1,39 +1,11 @@
 # Sourced by the other scripts: finds the ComfyUI host and makes the venv that runs the pack (with
 # CUPSCALE_CORE=1: no host, a venv for the plain-torch core and its tests).
-# Host order (README "Host"): $COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds this pack, ComfyUI
-# v0.33.0 under ~/comfy (else a clone of it where the network allows), else another supported release there.
+# Host order (README "Host", scripts/hosts.sh find_host): $COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds
+# this pack, v0.33.0 from an archive or under ~/comfy (else a clone where the network allows), another release.
 set -euo pipefail
 
 PACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$PACK_DIR/scripts/hosts.sh"
-
-find_host() {
-  if [ -n "${COMFYUI_PATH:-}" ]; then
-    is_comfyui "$COMFYUI_PATH" || { echo "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI folder (no main.py, comfy/, nodes.py)." >&2; return 1; }
-    echo "$COMFYUI_PATH"; return
-  fi
-  local parent found; parent=$(dirname "$PACK_DIR")
-  if [ "$(basename "$parent")" = custom_nodes ] && is_comfyui "$(dirname "$parent")"; then
-    dirname "$parent"; return
-  fi
-  found=$(host_of_version "$DEFAULT_HOST")
-  if [ -n "$found" ]; then echo "$found"; return; fi
-  echo "No ComfyUI v$DEFAULT_HOST under $HOSTS_DIR; cloning it into $HOSTS_DIR/ComfyUI-$DEFAULT_HOST ..." >&2
-  if git clone --quiet --depth 1 --branch "v$DEFAULT_HOST" "$COMFYUI_REPO" "$HOSTS_DIR/ComfyUI-$DEFAULT_HOST" >&2 2>/dev/null; then
-    echo "$HOSTS_DIR/ComfyUI-$DEFAULT_HOST"; return
-  fi
-  local v
-  for v in "${SUPPORTED_HOSTS[@]}"; do
-    found=$(host_of_version "$v")
-    if [ -n "$found" ]; then
-      echo "The clone failed; using ComfyUI v$v at $found (the default is v$DEFAULT_HOST)." >&2
-      echo "$found"; return
-    fi
-  done
-  echo "No ComfyUI host could be found or cloned. Provide one of ${SUPPORTED_HOSTS[*]}:" >&2
-  host_recipe >&2
-  return 1
-}
 
 # make_venv VENV "PINS" REQUIREMENTS...: a python3.11 venv with the pinned torch, remade only when the
 # requirements or the pins change.

@@ -71,6 +71,36 @@ torch_pins() {
   fi
 }
 
+# The host to use, in the README's order: $COMFYUI_PATH, the ComfyUI whose custom_nodes/ holds this pack,
+# v$DEFAULT_HOST from an archive or under $HOSTS_DIR (else a clone where the network allows), another release.
+find_host() {
+  if [ -n "${COMFYUI_PATH:-}" ]; then
+    is_comfyui "$COMFYUI_PATH" || { echo "COMFYUI_PATH=$COMFYUI_PATH is not a ComfyUI folder (no main.py, comfy/, nodes.py)." >&2; return 1; }
+    echo "$COMFYUI_PATH"; return
+  fi
+  local parent found; parent=$(dirname "$_PACK")
+  if [ "$(basename "$parent")" = custom_nodes ] && is_comfyui "$(dirname "$parent")"; then
+    dirname "$parent"; return
+  fi
+  found=$(host_of_version "$DEFAULT_HOST")
+  if [ -n "$found" ]; then echo "$found"; return; fi
+  echo "No ComfyUI v$DEFAULT_HOST under $HOSTS_DIR; cloning it into $HOSTS_DIR/ComfyUI-$DEFAULT_HOST ..." >&2
+  if git clone --quiet --depth 1 --branch "v$DEFAULT_HOST" "$COMFYUI_REPO" "$HOSTS_DIR/ComfyUI-$DEFAULT_HOST" >&2 2>/dev/null; then
+    echo "$HOSTS_DIR/ComfyUI-$DEFAULT_HOST"; return
+  fi
+  local v
+  for v in "${SUPPORTED_HOSTS[@]}"; do
+    found=$(host_of_version "$v")
+    if [ -n "$found" ]; then
+      echo "The clone failed; using ComfyUI v$v at $found (the default is v$DEFAULT_HOST)." >&2
+      echo "$found"; return
+    fi
+  done
+  echo "No ComfyUI host could be found or cloned. Provide one of ${SUPPORTED_HOSTS[*]}:" >&2
+  host_recipe >&2
+  return 1
+}
+
 # How to get the default host, for the messages that stop when it is missing.
 host_recipe() {
   cat <<MSG
