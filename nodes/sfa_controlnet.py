@@ -62,8 +62,8 @@ class SFAControlNetLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, controlnet=None) -> bool | str:
-        """The host checks V3 dropdowns against their options only in the frontend: a saved workflow naming
-        files that are not there fails here, before the run, as a V1 dropdown would."""
+        """Older hosts (v0.3.64, v0.14) check V3 dropdowns against their options only in the frontend: a saved
+        workflow naming files that are not there fails here, before the run, as a V1 dropdown would."""
         return missing_file("controlnet", controlnet) or True
 
     @classmethod

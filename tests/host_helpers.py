@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -27,3 +28,21 @@ def pack_module(host, dotted: str):
     under a module name made from its path, so its classes differ from the tests' ``cupscale.*``."""
     root = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"].__module__.rsplit(".nodes.", 1)[0]
     return sys.modules[f"{root}.{dotted}"]
+
+
+@contextmanager
+def progress_reports():
+    """Every (value, total) reported to a ComfyUI ProgressBar while inside, in order. Recorded where the nodes
+    report, not at the global hook: newer hosts (v0.33) throttle what reaches the hook to a few per second."""
+    import comfy.utils
+    reports, report = [], comfy.utils.ProgressBar.update_absolute
+
+    def recording(bar, value, total=None, preview=None):
+        report(bar, value, total, preview)
+        reports.append((bar.current, bar.total))
+
+    comfy.utils.ProgressBar.update_absolute = recording
+    try:
+        yield reports
+    finally:
+        comfy.utils.ProgressBar.update_absolute = report

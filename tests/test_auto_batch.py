@@ -34,7 +34,7 @@ def test_the_node_bounds_the_batch_by_free_memory_and_keeps_the_result(tiny, hos
     out = {}
     for batch in (0, 1):
         m = node.execute(model, 192, 192, 32, batch)[0]
-        m.add_wrapper_with_key(td.WrappersMP.DIFFUSION_MODEL, "test",
+        m.add_wrapper_with_key(pack_module(host, "nodes.host").WrappersMP.DIFFUSION_MODEL, "test",
                                lambda executor, x, *a, **k: calls.append(x.shape[0]) or executor(x, *a, **k))
         calls.clear()
         out[batch] = sample(m, smooth_latent(32, 48), pos, neg, steps=3)

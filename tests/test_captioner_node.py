@@ -178,7 +178,7 @@ def test_grid_matches_tiled_diffusion_and_json_feeds_back_in(llm_dir, host, capt
     (dict(local_model="tiny-llama"), r"holds a 'llama' model, which cannot look at images"),
     (dict(hf_repo_id="someone/some-vlm"), r"hf_repo_id: 'someone/some-vlm' is not in .*enable allow_download"),
     (dict(tile_width=100), r"tile_width = 100: tiles must be at least 64 pixels and a multiple of 8"),
-    (dict(backend="endpoint", endpoint_model=""), r"endpoint_model is empty"),
+    (dict(backend="endpoint", endpoint_model=""), r"endpoint_model = '': set the model name the server serves"),
     (dict(backend="endpoint", endpoint_model="m", endpoint_url="localhost:1234"), r"must start with http://"),
 ])
 def test_bad_settings_are_named(llm_dir, captioner, kw, match):

@@ -9,6 +9,7 @@ import tiny_liif
 from cupscale.liif import model as liif
 from cupscale.liif.checkpoints import load_implicit_decoder, load_liif
 from harness.comfy_host import run_prompt
+from host_helpers import progress_reports
 
 @pytest.fixture(scope="module")
 def models(host, tmp_path_factory):
@@ -89,17 +90,11 @@ def test_prompt_decodes_a_vae_latent_to_any_size(models, input_image, tiny):
 
 def test_progress_reaches_the_end_and_cancel_stops_the_node(models, pack_node):
     import comfy.model_management
-    import comfy.utils
     model = pack_node("ImplicitUpscaleModelLoader").execute("tiny-edsr-liif.pth")[0]
     node = pack_node("ImplicitUpscale")
     img = torch.rand(1, 24, 24, 3, generator=torch.Generator().manual_seed(0))
-    seen = []
-    previous = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
-    try:
+    with progress_reports() as seen:
         out = node.execute(model, img, 1.5, 0, 0, 16)[0]
-    finally:
-        comfy.utils.set_progress_bar_global_hook(previous)
     assert out.shape == (1, 36, 36, 3)
     assert len(seen) >= 4 and seen[-1][0] == seen[-1][1] and [v for v, _ in seen] == sorted(v for v, _ in seen)
     comfy.model_management.interrupt_current_processing(True)

@@ -257,7 +257,10 @@ def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_d
     assert {v["class_type"] for v in prompt.values()} <= set(host.NODE_CLASS_MAPPINGS)
     ok, _, _, node_errors = asyncio.run(execution.validate_prompt("t", prompt, None))
     assert not ok
-    assert {k: {e["extra_info"]["input_name"] for e in v["errors"]} for k, v in node_errors.items()} == needs
+    named = {k: {e["extra_info"]["input_name"] for e in v["errors"]} for k, v in node_errors.items()}
+    # XPSR's unet is named here where the host checks V3 dropdowns itself (v0.33); older hosts name it when the
+    # run starts (tests/test_sfa_controlnet.py).
+    assert named in (needs, {k: v - {"unet"} for k, v in needs.items()})
 
 
 @pytest.mark.server

@@ -9,7 +9,7 @@ import torch
 
 from cupscale.editing.repaint import (forward_steps, jump_schedule, monotone_runs, renoise_flow, renoise_ve,
                               sample_repaint)
-from host_helpers import smooth_latent
+from host_helpers import progress_reports, smooth_latent
 
 SIGMAS = torch.tensor([14.6, 8.0, 4.4, 2.3, 1.2, 0.6, 0.3, 0.1, 0.0])
 
@@ -279,7 +279,9 @@ def test_interrupt_stops_between_runs(host, setup):
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         sample_custom(host, counted, pos, neg, sampler, sigmas_for(host, model, 6), {"samples": smooth_latent(16, 16)},
                       callback=interrupt)
-    assert len(seen) == 3
+    # The first run's 3 evaluations at most: RePaint checks between runs; newer hosts (v0.33's ops) also stop
+    # inside the next evaluation, after its sigma is recorded.
+    assert 1 < len(seen) <= 3
     assert not comfy.model_management.processing_interrupted()
 
 
@@ -332,7 +334,6 @@ def test_samplercustomadvanced_with_a_noise_mask(host, setup):
 # --- through the host's executor ---------------------------------------------------------------
 
 def test_samplercustom_prompt_with_repaint_keeps_the_unmasked_source(host):
-    import comfy.utils
     from harness.comfy_host import run_prompt
     from harness.test_nodes import CAPTURED
     prompt = {
@@ -357,13 +358,8 @@ def test_samplercustom_prompt_with_repaint_keeps_the_unmasked_source(host):
         "14": {"class_type": "CupscaleCapture", "inputs": {"value": ["13", 0], "key": "samples"}},
         "15": {"class_type": "CupscaleCapture", "inputs": {"value": ["5", 0], "key": "source"}},
     }
-    progress = []
-    hook = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: progress.append((value, total)))
-    try:
+    with progress_reports() as progress:
         run_prompt(prompt)
-    finally:
-        comfy.utils.set_progress_bar_global_hook(hook)
     latent_mask = torch.zeros(1, 16, 16)
     latent_mask[:, 4:12, 4:10] = 1
     outside, inside = outside_and_inside(CAPTURED["samples"]["samples"], CAPTURED["source"]["samples"], latent_mask)

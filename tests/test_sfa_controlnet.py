@@ -352,12 +352,17 @@ def test_a_bad_file_fails_its_prompt_and_the_host_runs_the_next(host, xpsr_dir):
 
 def test_a_missing_file_is_named_under_its_own_input_alone(host, xpsr_dir):
     """The host lays a failed validate_inputs on every input it names: it names controlnet alone, and a
-    missing unet file is refused when the run starts, naming unet."""
+    missing unet file is refused naming unet: by the host's own dropdown check before the run where it checks V3
+    dropdowns (v0.33), else by the node when the run starts."""
     import execution
     st = "ckpt-st/controlnet/diffusion_pytorch_model.safetensors"
     valid = asyncio.run(execution.validate_prompt("1", xpsr_prompt("missing.safetensors", st), None))
     details = [e.get("details", "") for e in valid[3]["load"]["errors"]]
     assert any("controlnet = 'missing.safetensors' not found in models/xpsr" in d for d in details), details
     assert not any(d.startswith("unet") for d in details), details  # was reported under unet too
-    with pytest.raises(PromptError, match=r"unet = 'missing.safetensors' not found in models/xpsr"):
-        run_prompt(xpsr_prompt(st, "missing.safetensors"))
+    valid = asyncio.run(execution.validate_prompt("1", xpsr_prompt(st, "missing.safetensors"), None))
+    if valid[0]:
+        with pytest.raises(PromptError, match=r"unet = 'missing.safetensors' not found in models/xpsr"):
+            run_prompt(xpsr_prompt(st, "missing.safetensors"))
+    else:
+        assert [e["extra_info"]["input_name"] for e in valid[3]["load"]["errors"]] == ["unet"], valid[3]

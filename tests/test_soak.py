@@ -46,7 +46,7 @@ def test_every_input_of_every_pack_node_holds_against_the_cases_its_schema_makes
     nodes = {v.case.node_type for v in suite.verdicts}
     assert nodes == set(soak.schema_bases())  # every pack node has a base graph, and each base is used
     faults = [f"{v.case.name}: {v.fault}: {v.message[:200]}" for v in suite.verdicts if v.fault]
-    assert faults == [], soak.tables(None, [], [], [], suite)
+    assert faults == [], "\n".join(faults) + "\n" + soak.tables(None, [], [], [], suite)
     assert suite.rss_after - suite.rss_before < 100 * 2 ** 20, soak.tables(None, [], [], [], suite)
 
 

@@ -77,6 +77,10 @@ def test_ui_workflow_links_agree_with_node_slots(api_to_ui, api_path):
 
 
 def test_ui_workflows_are_up_to_date(api_to_ui):
+    from harness import comfy_host
+    if comfy_host.release() != comfy_host.DEFAULT_RELEASE:
+        pytest.skip(f"the shipped UI files are made from the default host's /object_info (v{comfy_host.DEFAULT_RELEASE}); "
+                    f"v{comfy_host.release()}'s differs in node sizes and SaveImage's outputs")
     assert api_to_ui.main([*map(str, API_FILES), "--check"]) == 0
 
 
