@@ -27,6 +27,16 @@ def check_not_empty(t: torch.Tensor, field: str) -> None:
                          f=field)
 
 
+def check_least_side(t: torch.Tensor, field: str, least: int, unit: str, why: str) -> None:
+    """Raise when either of ``t``'s last two sides (or, for images, H and W before the channels: pass them as
+    the last two) is under ``least``: a 1-cell latent leaves one value per normalisation group, a 1-pixel hint
+    resizes to nothing."""
+    h, w = t.shape[-2:]
+    if min(h, w) < least:
+        raise InputError(f"{{f}} is {w}x{h} {unit}; {why} needs at least {least} {unit} a side: give a larger "
+                         f"one.", f=field)
+
+
 MAX_TEXT_CHARS = 16_000
 """Longer free text (an MLLM's instructions, prompts, a prefix) is refused before any model or tokenizer sees
 it: four thousand tokens or so, past what a text encoder reads (T5's 512 tokens, CLIP's 77 a chunk); a 5 MB

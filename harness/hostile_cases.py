@@ -160,7 +160,8 @@ class Verdict:
             return f"not refused by /prompt ({self.where})"
         if self.where == "none":
             return None if self.case.expect == "safe" else "it ran"
-        if self.at != self.case.node:
+        # A patch's input that first meets the sampled latent in the sampler is refused there, naming the patch.
+        if self.at != self.case.node and self.case.node_type not in self.message:
             return f"the error names node {self.at!r}, not {self.case.node!r}"
         if self.case.input not in self.message:
             return "the error does not name the input"

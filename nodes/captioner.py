@@ -23,7 +23,7 @@ from ..cupscale.tiling.grid import check_tile_settings
 from .host import folder_paths, io, model_management
 from .host_services import (model_folder_path, model_folders, progress_reporter, register_model_folder,
                             stop_if_interrupted)
-from .inputs import advanced, check_combos, tile_inputs, widget_names, widgets_valid
+from .inputs import advanced, check_combos, check_numbers, tile_inputs, widget_names, widgets_valid
 
 LLM_FOLDER = "LLM"
 BACKENDS = ("local model", "endpoint")
@@ -185,6 +185,9 @@ class MLLMRegionCaptioner(io.ComfyNode):
         """The four outputs: region prompts, their JSON, XPSR's two descriptions."""
         check_combos(cls, backend=backend, region_prompts=region_prompts, on_region_failure=on_region_failure,
                      device=device, dtype=dtype, after_use=after_use)
+        # Here, not in validate_inputs: the host would file a failure there under every input it names.
+        check_numbers(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, max_tokens=max_tokens,
+                      batch_size=batch_size, timeout_s=timeout_s, retries=retries)
         with widget_names(**WIDGETS):
             check_tile_settings(tile_width, tile_height, overlap)
             grid = image_grid(image.shape[1], image.shape[2], tile_height, tile_width, overlap)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..cupscale.editing.rerank import best_k, clip_scores
+from ..cupscale.guards import check_not_empty
 from .host import folder_paths, io, model_management
 from .host_services import model_folder_path, model_folders, register_model_folder, stop_if_interrupted
 from .inputs import widget_names, widgets_valid
@@ -80,8 +81,12 @@ class CLIPRerank(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, clip_model, text, keep, mask=None) -> io.NodeOutput:
+        with widget_names(f="images", m="mask"):
+            check_not_empty(images, "f")
+            if mask is not None:
+                check_not_empty(mask, "m")
         if keep > images.shape[0]:
-            raise ValueError(f"keep = {keep} but the batch holds {images.shape[0]} candidates: lower keep, or make "
+            raise ValueError(f"keep = {keep} but images holds {images.shape[0]} candidates: lower keep, or make "
                              f"more candidates (e.g. RepeatLatentBatch before sampling).")
         model, processor = load_clip(clip_model)
         device = model_management.get_torch_device()

@@ -15,7 +15,7 @@ import torch
 from ..cupscale.liif import model as liif
 from ..cupscale.liif.checkpoints import ImplicitDecoder, load_implicit_decoder, load_liif
 from ..cupscale.checkpoints import CheckpointError
-from ..cupscale.guards import check_finite, check_fits, check_not_empty
+from ..cupscale.guards import check_finite, check_fits, check_least_side, check_not_empty
 from .host import folder_paths, io, model_management, ops
 from .host_services import free_memory, progress_reporter, register_model_folder
 from .inputs import widget_names, widgets_valid
@@ -124,10 +124,10 @@ class ImplicitUpscale(io.ComfyNode):
         if image.ndim != 4 or image.shape[-1] != 3:
             raise ValueError(f"image has shape {tuple(image.shape)}; LIIF models take RGB images (B, H, W, 3): "
                              f"drop the alpha channel or convert to RGB first.")
-        with widget_names(f="image"):
+        with widget_names(f="image", source="image"):
             check_not_empty(image, "f")
             check_finite(image, "f")
-        out_hw = liif.output_size(tuple(image.shape[1:3]), scale_by, width, height)
+            out_hw = liif.output_size(tuple(image.shape[1:3]), scale_by, width, height)
         return io.NodeOutput(run_on_device(implicit_model, liif.to_signed(image), out_hw, tile_size,
                                            "scale_by (or width, height)"))
 
@@ -192,10 +192,11 @@ class ImplicitLatentDecode(io.ComfyNode):
             raise ValueError(f"samples has shape {tuple(latent.shape)}, but the decoder takes {channels}-channel "
                              f"image latents (B, {channels}, h, w): it is an {decoder.info.describe()}. Use the "
                              f"decoder trained for this model's VAE.")
-        with widget_names(f="samples"):
+        with widget_names(f="samples", source="samples"):
             check_not_empty(latent, "f")
             check_finite(latent, "f")
-        out_hw = liif.output_size(tuple(latent.shape[-2:]), 1.0, width, height)
+            check_least_side(latent, "f", 2, "cells", "the decoder's trunk")
+            out_hw = liif.output_size(tuple(latent.shape[-2:]), 1.0, width, height)
         return io.NodeOutput(run_on_device(decoder.model, latent, out_hw, tile_size, "width, height"))
 
 

@@ -15,6 +15,7 @@ import logging
 
 import torch
 
+from ..cupscale.guards import check_least_side, check_not_empty
 from ..cupscale.schedule import check_percent_range
 from ..cupscale.xpsr.checkpoint import XPSRArchitecture, load_xpsr
 from .conditional_attention import with_conditional_attention
@@ -177,6 +178,9 @@ class SFAControlNetApply(io.ComfyNode):
         if image.ndim != 4 or image.shape[-1] != arch.hint_channels:
             raise ValueError(f"image has shape {tuple(image.shape)}; XPSR's ControlNet reads RGB images "
                              f"(B, H, W, {arch.hint_channels}): drop the alpha channel or convert to RGB first.")
+        with widget_names(f="image"):
+            check_not_empty(image, "f")
+            check_least_side(image.movedim(-1, 1), "f", 8, "pixels", "XPSR's ControlNet hint")
         check_numbers(cls, strength=strength)
         with widget_names(start="start_percent", end="end_percent"):
             check_percent_range(start_percent, end_percent, "set strength 0 to turn the control off")

@@ -38,8 +38,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
 INPUT_SIZE = (72, 40)  # width, height of the test's input.png
-APP = "window.comfyAPI?.app?.app"  # the frontend defines comfyAPI a moment after the page loads
-DEBUG = f"{APP}.extensions.find((e) => e.name === 'cupscale.regions')?.debug"  # js/cupscale.js's test hooks
+APP = "window.comfyAPI.app.app"
+LOADING_APP = "window.comfyAPI?.app?.app"  # the frontend defines comfyAPI a moment after the page loads
+DEBUG = f"{LOADING_APP}?.extensions.find((e) => e.name === 'cupscale.regions')?.debug"  # js/cupscale.js's test hooks
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def page(server, browser_context):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: m.type == "error" and "cupscale" in m.text and errors.append(m.text))
     page.goto(server.url)
-    page.wait_for_function(f"() => {APP}?.graph && {APP}.canvas && {DEBUG}", timeout=90_000)
+    page.wait_for_function(f"() => {LOADING_APP}?.graph && {LOADING_APP}.canvas && {DEBUG}", timeout=90_000)
     page.evaluate(f"""() => {APP}.registerExtension({{
         name: 'cupscale.test', afterConfigureGraph(missing) {{ window.cupscaleMissing = missing }} }})""")
     yield page

@@ -120,7 +120,7 @@ def test_model_folders_in_models_clip_rerank_are_the_choices(models_folder, host
 
 def test_node_errors_name_the_input_and_the_fix(models_folder, pack_node):
     node = pack_node("CLIPRerank")
-    with pytest.raises(ValueError, match=r"keep = 3 but the batch holds 2 candidates: lower keep"):
+    with pytest.raises(ValueError, match=r"keep = 3 but images holds 2 candidates: lower keep"):
         node.execute(candidates(2), "tiny-clip", "a cat", 3)
     with pytest.raises(ValueError, match=r"clip_model = 'nope': no such model folder in .*hf download "
                                          r"openai/clip-vit-large-patch14"):

@@ -329,9 +329,9 @@ def output_size(in_hw: tuple[int, int], scale_by: float, width: int = 0, height:
                              f"3.3), or set width/height for an exact size.")
         size = (max(1, round(h * scale_by)), max(1, round(w * scale_by)))
     if max(size) > max_side:
-        raise ValueError(f"the output would be {size[1]}x{size[0]} pixels, beyond the maximum of {max_side} "
-                         f"per side: lower scale_by (or width/height), or upscale in two stages with tiled "
-                         f"diffusion in between.")
+        raise InputError(f"{{source}} is {w}x{h}, so the output would be {size[1]}x{size[0]} pixels, beyond the "
+                         f"maximum of {max_side} per side: lower scale_by (or width/height), or upscale in two "
+                         f"stages with tiled diffusion in between.", source="source")
     return size
 
 
