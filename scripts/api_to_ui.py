@@ -306,6 +306,10 @@ def api_to_ui(prompt: dict, defs: dict, layout: Layout = Layout()) -> dict:
         if title and title != defn.get("display_name", node["class_type"]):
             ui_node["title"] = title
         ui_node["properties"] = {"Node name for S&R": node["class_type"]}
+        downloads = [{"name": v, "url": DOWNLOADS[v][0], "directory": DOWNLOADS[v][1]}
+                     for v in widgets_values if isinstance(v, str) and v in DOWNLOADS]
+        if downloads:
+            ui_node["properties"]["models"] = downloads
         ui_node["widgets_values"] = widgets_values
         nodes.append(ui_node)
 
@@ -320,6 +324,21 @@ def api_to_ui(prompt: dict, defs: dict, layout: Layout = Layout()) -> dict:
                          "color": "#432", "bgcolor": "#653"})
     return {"last_node_id": last_id, "last_link_id": len(links), "nodes": nodes, "links": links, "groups": groups,
             "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}
+
+
+DOWNLOADS = {
+    "sd_xl_base_1.0.safetensors":
+        ("https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+         "checkpoints"),
+    "flux1-dev-fp8.safetensors":
+        ("https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev-fp8.safetensors", "checkpoints"),
+    "v1-5-pruned-emaonly.safetensors":
+        ("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly.safetensors",
+         "checkpoints"),
+}
+"""Where the frontend's missing-models panel downloads a checkpoint a template names (``properties.models`` of the
+loader, as ComfyUI's own templates give it); files without a direct link (LIIF's, XPSR's, the VLMs) are named
+in each template's note instead."""
 
 
 def place(nodes: list[dict], depth: dict[str, int], layout: Layout, left: int) -> list[dict]:

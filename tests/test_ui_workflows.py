@@ -112,3 +112,14 @@ def test_a_linked_widget_input_keeps_its_widget_value_and_gets_a_socket(api_to_u
     assert nodes[5]["widgets_values"][:2] == [0, "fixed"]
     back = api_to_ui.ui_to_api(ui, defs)
     assert {k: v["inputs"] for k, v in back.items()} == {k: v["inputs"] for k, v in prompt.items()}
+
+
+def test_each_checkpoint_a_template_names_comes_with_its_download():
+    """The frontend's missing-models panel offers the file a loader names from the loader's properties.models."""
+    for ui_path in sorted(WORKFLOWS.parent.glob("*.json")):
+        for node in json.loads(ui_path.read_text())["nodes"]:
+            if node["type"] == "CheckpointLoaderSimple":
+                models = node["properties"].get("models", [])
+                assert [m["name"] for m in models] == node["widgets_values"][:1], ui_path.name
+                assert all(m["url"].startswith("https://huggingface.co/") and m["directory"] == "checkpoints"
+                           for m in models), ui_path.name
