@@ -5,12 +5,12 @@ all through one ComfyExtension (``comfy_entrypoint``, exported by the pack's ``_
 """
 from typing_extensions import override
 
-from . import (captioner, clip_rerank, implicit_decoding, regional_attention, repaint, sfa_controlnet, structure_guide,
-               tiled_diffusion)
+from . import (captioner, clip_rerank, implicit_decoding, position_extrapolation, regional_attention, repaint,
+               sfa_controlnet, structure_guide, tiled_diffusion)
 from .host import ComfyExtension, io
 
 FAMILIES = [tiled_diffusion, structure_guide, repaint, captioner, implicit_decoding, clip_rerank, regional_attention,
-            sfa_controlnet]
+            sfa_controlnet, position_extrapolation]
 NODES: list[type[io.ComfyNode]] = [node for family in FAMILIES for node in family.NODES]
 
 

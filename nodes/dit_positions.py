@@ -39,13 +39,20 @@ def patch_cells(model_patcher) -> int:
 
 @dataclass
 class TilePlace:
-    """The tiles of one evaluation: each item's tile origin and the sizes, in patches; device copies of the
-    id offsets made once per place (a copy from the host at every call would wait for the device)."""
+    """The tiles of one evaluation: each item's tile origin and the sizes, in patches; ``whole``: the tiles are
+    positioned in the whole image (else each as an image of its own). Device copies of the id offsets are made
+    once per place (a copy from the host at every call would wait for the device)."""
 
     origins: tuple[tuple[int, int], ...]
     tile_hw: tuple[int, int]
     whole_hw: tuple[int, int]
+    whole: bool = True
     moved: dict = field(default_factory=dict)
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """The size, in patches, of the image the tiles' positions belong to."""
+        return self.whole_hw if self.whole else self.tile_hw
 
     def offsets(self, like: torch.Tensor, centred: bool) -> torch.Tensor:
         key = (like.device, like.dtype, centred)
@@ -69,7 +76,7 @@ class RopeIds:
     def __call__(self, x, *args, **kwargs):
         out = self.original(x, *args, **kwargs)
         place = ACTIVE.get()
-        if place is None or out[1].shape[0] != len(place.origins):
+        if place is None or not place.whole or out[1].shape[0] != len(place.origins):
             return out
         # Whatever else the host passes (transformer_options since late 2025) goes on untouched; the image's
         # index and offsets are read by name from the host's own signature.
@@ -90,7 +97,7 @@ class TableCrops:
     def __call__(self, hw, *args, **kwargs):
         place = ACTIVE.get()
         table = self.net.pos_embed
-        if place is not None and table is not None:
+        if place is not None and place.whole and table is not None:
             crops = table_crops(table, place.tile_hw, place.whole_hw, place.origins)
             if crops is not None:
                 device = self.signature.bind(hw, *args, **kwargs).arguments.get("device")

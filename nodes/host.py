@@ -17,6 +17,7 @@ import comfy.sampler_helpers as sampler_helpers
 import comfy.samplers as samplers
 import comfy.utils as comfy_utils
 import folder_paths
+from comfy.ldm.flux.math import rope as flux_rope
 from comfy.ldm.flux.model import Flux
 from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 from comfy.ldm.modules.diffusionmodules.openaimodel import (Downsample, TimestepBlock, TimestepEmbedSequential,
@@ -27,6 +28,6 @@ from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import ComfyExtension, io
 
 __all__ = ["cldm", "controlnet", "attention", "model_base", "model_management", "model_sampling", "ops",
-           "sampler_helpers", "samplers", "comfy_utils", "folder_paths", "Flux", "MMDiT",
+           "sampler_helpers", "samplers", "comfy_utils", "folder_paths", "flux_rope", "Flux", "MMDiT",
            "Downsample", "TimestepBlock", "TimestepEmbedSequential", "Upsample", "timestep_embedding",
            "QwenImageTransformer2DModel", "WrappersMP", "ComfyExtension", "io"]

@@ -56,7 +56,9 @@ class TiledBlendedDiffusion(io.ComfyNode):
                                           tooltip="Flux, SD3, Qwen-Image: each tile's positional embedding is "
                                                   "that of its place in the whole image, so neighbouring tiles "
                                                   "agree where things are. Off: every tile is positioned as an "
-                                                  "image of its own. UNets ignore it.")),
+                                                  "image of its own, within the trained range at any output size "
+                                                  "(DiTPositionExtrapolation then reads the tile's size). UNets "
+                                                  "ignore it.")),
             ],
             outputs=[io.Model.Output()],
         )
@@ -80,12 +82,12 @@ class TiledBlendedDiffusion(io.ComfyNode):
         ratio = latent_ratio(model)
         check_patch_multiples(model, ratio, tile_width=tile_width, tile_height=tile_height, overlap=overlap)
         crops = ratio if sdxl_crop_conditioning and has_sdxl_crops(model.model) else None
-        places = patch_cells(model) if dit_tile_positions and dit_kind(model) else None
+        places = patch_cells(model) if dit_kind(model) else None
         patch = TiledDiffusion(tile_height // ratio, tile_width // ratio, overlap // ratio, tiles_per_batch,
-                               mask, background_lowpass, crops, places)
+                               mask, background_lowpass, crops, places, dit_tile_positions)
         patched = model.clone()
         add_block_checks(patched)
-        if places:
+        if places and dit_tile_positions:
             add_position_patches(patched)
         for kind, fn in ((WrappersMP.OUTER_SAMPLE, patch.outer_sample),
                          (WrappersMP.CALC_COND_BATCH, patch.calc_cond_batch),

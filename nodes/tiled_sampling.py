@@ -76,15 +76,16 @@ class TiledDiffusion:
 
     def __init__(self, tile_height: int, tile_width: int, overlap: int, tiles_per_batch: int,
                  mask: torch.Tensor | None, lowpass_sigma: float, crop_pixels_per_cell: int | None = None,
-                 position_patch: int | None = None):
+                 position_patch: int | None = None, whole_positions: bool = True):
         self.tile_height, self.tile_width, self.overlap = tile_height, tile_width, overlap
         self.tiles_per_batch = tiles_per_batch
         self.mask = mask
         self.lowpass_sigma = lowpass_sigma
         # Pixels per latent cell when each SDXL tile is conditioned as a crop; None: tiles keep ``y`` as it is.
         self.crop_pixels_per_cell = crop_pixels_per_cell
-        # Latent cells per DiT patch when each tile's positions are its place in the image; None: the model's own.
-        self.position_patch = position_patch
+        # Latent cells per DiT patch (None: not a DiT); whole_positions: each tile is positioned at its place in
+        # the image (cupscale.tiling.positions), else as an image of its own.
+        self.position_patch, self.whole_positions = position_patch, whole_positions
         self.places: LRU[TilePlace] = LRU("tile positions", env_limit(GRIDS_VAR, 8) * 64)
         self.grids: LRU[tuple[RegionGrid, torch.Tensor]] = LRU("tile grids", env_limit(GRIDS_VAR, 8))
         self.crops: LRU[torch.Tensor] = LRU("tile crop embeddings", env_limit(GRIDS_VAR, 8))
@@ -213,7 +214,7 @@ class TiledDiffusion:
             p = self.position_patch
             tile_hw = (batch.grid.tile_height, batch.grid.tile_width)
             found = self.places.put(key, TilePlace(positions.tile_origins(batch, p), positions.patch_grid(tile_hw, p),
-                                                   positions.patch_grid(hw, p)))
+                                                   positions.patch_grid(hw, p), self.whole_positions))
         return found
 
     def batch_size(self, model, x: torch.Tensor, grid: RegionGrid, chunks: int, run: TiledRun | None) -> int:

@@ -18,6 +18,7 @@ INTERNALS = [
     "comfy.cldm.cldm.ControlNet",
     "comfy.controlnet.ControlNet",
     "comfy.controlnet.broadcast_image_to",
+    "comfy.ldm.flux.math.rope",
     "comfy.ldm.flux.model.Flux",
     "comfy.ldm.modules.attention.SpatialTransformer",
     "comfy.ldm.modules.attention.attention_basic",
