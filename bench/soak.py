@@ -518,6 +518,10 @@ def schema_bases() -> dict[str, tuple[dict, str]]:
                                                                        "width": 64, "height": 64, "tile_size": 64}},
               "out": {"class_type": "PreviewImage", "inputs": {"images": ["dec", 0]}}}
     liif = liif_graph("tiny.pth")
+    rope = sampling_graph({"class_type": "DiTPositionExtrapolation", "inputs": {
+        "model": ["ld", 0], "method": "yarn", "dype": True, "base_resolution": 32}})  # 4 patches past 2
+    rope["ld"]["inputs"]["kind"] = "flux"
+    rope["lat"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
     return {"TiledBlendedDiffusion": (sampling_graph(tiled()), "patch"),
             "LowFreqStructureGuide": (sampling_graph(guide()), "patch"),
             "RegionalAttentionPrior": (sampling_graph(prior(low_res_latent=lat)), "patch"),
@@ -526,7 +530,8 @@ def schema_bases() -> dict[str, tuple[dict, str]]:
             "RePaintSampler": (repaint, "rp"), "CLIPRerank": (rerank, "cr"),
             "MLLMRegionCaptioner": (captioner_graph(), "cap"),
             "ImplicitUpscaleModelLoader": (liif, "ld"), "ImplicitUpscale": (liif, "up"),
-            "ImplicitDecoderLoader": (decode, "dl"), "ImplicitLatentDecode": (decode, "dec")}
+            "ImplicitDecoderLoader": (decode, "dl"), "ImplicitLatentDecode": (decode, "dec"),
+            "DiTPositionExtrapolation": (rope, "patch")}
 
 
 @dataclass

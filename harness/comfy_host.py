@@ -71,6 +71,14 @@ def boot(cpu: bool = True) -> None:
     _booted = True
 
 
+def pack_module(dotted: str):
+    """The pack's module ``dotted`` (e.g. "nodes.dit_positions") as ComfyUI loaded it, once booted: the pack lives
+    under a module name made from its path, so its classes differ from a plain ``import cupscale``'s."""
+    import nodes
+    root = nodes.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"].__module__.rsplit(".nodes.", 1)[0]
+    return sys.modules[f"{root}.{dotted}"]
+
+
 class CapturingServer:
     """The little a PromptExecutor and the host's nodes need of a server; keeps every message it is sent."""
 

@@ -22,6 +22,7 @@ from ..cupscale.priors.structure import check_same_aspect
 from ..cupscale.tiling.grid import region_grid
 from ..cupscale.tiling.multidiffusion import TileBatch
 from .attention_router import CAPTURE_KEY, COMPOSER_KEY, PRIOR_KEY
+from .dit_positions import model_call
 from .host import WrappersMP, sampler_helpers, samplers
 from .step_clock import clock_of, run_clock
 from .tiled_sampling import CONTEXTS_KEY, TILES_KEY
@@ -121,7 +122,8 @@ class AttentionPrior:
         captured: dict[tuple, CapturedAttention] = {}
         options = {k: v for k, v in model_options["transformer_options"].items() if k not in (TILES_KEY, COMPOSER_KEY)}
         options.update({CAPTURE_KEY: captured, "cond_or_uncond": [0], "sigmas": sigma})
-        model._apply_model(x, sigma, transformer_options=options, **run.model_kwargs)
+        with model_call(x, sigma):
+            model._apply_model(x, sigma, transformer_options=options, **run.model_kwargs)
         missing = [layer.key for layer in self.layers if layer.key not in captured]
         if missing:
             raise RuntimeError(f"RegionalAttentionPrior's capture pass did not reach layers {missing}: another patch "

@@ -11,6 +11,7 @@ any other call (plain sampling, the prior's capture pass, reference latents) get
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -63,6 +64,28 @@ class TilePlace:
 
 
 ACTIVE: ContextVar[TilePlace | None] = ContextVar("cupscale_tile_place", default=None)
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """What a model call's positions may depend on beyond its ids: σ (on the model's device) and the latent's
+    size in cells. Set around each call by :func:`model_call`; None outside one."""
+
+    sigma: torch.Tensor
+    cells: tuple[int, int]
+
+
+CALL: ContextVar[ModelCall | None] = ContextVar("cupscale_model_call", default=None)
+
+
+@contextmanager
+def model_call(x: torch.Tensor, sigma: torch.Tensor):
+    """Publish a call of the model on latent ``x`` at ``sigma`` (the sampler's, or the prior's capture pass)."""
+    token = CALL.set(ModelCall(sigma.reshape(-1)[0], tuple(x.shape[-2:])))
+    try:
+        yield
+    finally:
+        CALL.reset(token)
 
 
 class RopeIds:

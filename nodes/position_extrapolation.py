@@ -5,20 +5,18 @@ The host builds a DiT's rotary table in its ``pe_embedder`` (EmbedND: Flux, Qwen
 the ids alone. The patch replaces it on a clone with :class:`ExtrapolatedRope`, which computes the spatial
 axes' frequencies for the whole image at the current σ and leaves the other axes to the host's own rope. The
 whole image's size comes from TiledBlendedDiffusion's tile place where tiles run (their ids are the whole
-image's: each tile's table is the whole one's at the tile), else from the latent the model is called on.
+image's: each tile's table is the whole one's at the tile), else from the latent the model is called on; σ
+from the call (dit_positions.CALL: the sampler's calls, and the prior's capture pass).
 """
 from __future__ import annotations
-
-from contextvars import ContextVar
-from dataclasses import dataclass
 
 import torch
 
 from ..cupscale.tiling.extrapolation import MODES, Extrapolation, axis_frequencies, rotary
 from ..cupscale.tiling.positions import patch_grid
-from .dit_positions import ACTIVE, dit_kind, patch_cells
+from .dit_positions import ACTIVE, CALL, dit_kind, model_call, patch_cells
 from .host import WrappersMP, flux_rope, io
-from .inputs import advanced, widgets_valid
+from .inputs import advanced, check_combos, check_numbers, widgets_valid
 from .tiled_sampling import latent_ratio
 
 BASE_RESOLUTION = {"flux": 1024, "qwen_image": 1328}
@@ -28,24 +26,14 @@ SPATIAL_AXES = (1, 2)
 """The row and column axes of the ids (the first is the image index / frame; Flux.2 adds a fourth)."""
 
 
-@dataclass(frozen=True)
-class Call:
-    """What the current model call's rotary table depends on: the normalised noise level t (a 0-d tensor on
-    the model's device) and the size in patches of the latent it was called on."""
-
-    t: torch.Tensor
-    hw: tuple[int, int]
-
-
-CALL: ContextVar[Call | None] = ContextVar("cupscale_extrapolation_call", default=None)
-
-
 class ExtrapolatedRope(torch.nn.Module):
-    """Over the host's EmbedND: the spatial axes at the extrapolated frequencies, the rest as the host has them."""
+    """Over the host's EmbedND: the spatial axes at the extrapolated frequencies, the rest as the host has them.
+    ``sigma_max`` normalises σ to DyPE's t ∈ [0, 1]; ``patch`` is latent cells per patch."""
 
-    def __init__(self, original: torch.nn.Module, extrapolation: Extrapolation):
+    def __init__(self, original: torch.nn.Module, extrapolation: Extrapolation, sigma_max: float, patch: int):
         super().__init__()
         self.original, self.extrapolation = original, extrapolation
+        self.sigma_max, self.patch = sigma_max, patch
         self.theta, self.axes_dim = original.theta, original.axes_dim
 
     def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -53,9 +41,10 @@ class ExtrapolatedRope(torch.nn.Module):
         if call is None:
             return self.original(ids, *args, **kwargs)
         place = ACTIVE.get()
-        whole = place.image_hw if place is not None else call.hw
+        whole = place.image_hw if place is not None else patch_grid(call.cells, self.patch)
         # float64 as the host's rope; where the device has none (MPS) on the CPU, as the host does too.
-        t = call.t if ids.device.type != "mps" else call.t.cpu()
+        sigma = call.sigma if ids.device.type != "mps" else call.sigma.cpu()
+        t = (sigma.to(torch.float64) / self.sigma_max).clamp(0, 1)
         axes = []
         for i in range(ids.shape[-1]):
             if i in SPATIAL_AXES:
@@ -66,19 +55,10 @@ class ExtrapolatedRope(torch.nn.Module):
         return torch.cat(axes, dim=-3).unsqueeze(1)
 
 
-class Extrapolating:
-    """The APPLY_MODEL wrapper: publishes the call's noise level and latent size for ExtrapolatedRope."""
-
-    def __init__(self, sigma_max: float, patch: int):
-        self.sigma_max, self.patch = sigma_max, patch
-
-    def apply_model(self, executor, x, t, *args, **kwargs):
-        level = (t.reshape(-1)[0].to(torch.float64) / self.sigma_max).clamp(0, 1)
-        token = CALL.set(Call(level, patch_grid(tuple(x.shape[-2:]), self.patch)))
-        try:
-            return executor(x, t, *args, **kwargs)
-        finally:
-            CALL.reset(token)
+def publish_call(executor, x, t, *args, **kwargs):
+    """The APPLY_MODEL wrapper: the call's σ and latent size, for ExtrapolatedRope."""
+    with model_call(x, t):
+        return executor(x, t, *args, **kwargs)
 
 
 class DiTPositionExtrapolation(io.ComfyNode):
@@ -116,11 +96,13 @@ class DiTPositionExtrapolation(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, base_resolution=None, lambda_s=None, lambda_t=None) -> bool | str:
-        return widgets_valid(cls, base_resolution=base_resolution, lambda_s=lambda_s, lambda_t=lambda_t)
+    def validate_inputs(cls, method=None, base_resolution=None, lambda_s=None, lambda_t=None) -> bool | str:
+        return widgets_valid(cls, method=method, base_resolution=base_resolution, lambda_s=lambda_s, lambda_t=lambda_t)
 
     @classmethod
     def execute(cls, model, method, dype, base_resolution, lambda_s=2.0, lambda_t=2.0) -> io.NodeOutput:
+        check_combos(cls, method=method)
+        check_numbers(cls, base_resolution=base_resolution, lambda_s=lambda_s, lambda_t=lambda_t)
         kind = dit_kind(model)
         if kind not in BASE_RESOLUTION:
             raise ValueError(f"model is {kind or 'not a DiT'}: DiTPositionExtrapolation stretches rotary positions, "
@@ -132,11 +114,11 @@ class DiTPositionExtrapolation(io.ComfyNode):
         patched = model.clone()
         original = patched.get_model_object("diffusion_model.pe_embedder")
         original = original.original if isinstance(original, ExtrapolatedRope) else original
-        patched.add_object_patch("diffusion_model.pe_embedder", ExtrapolatedRope(original, extrapolation))
         sigma_max = float(patched.get_model_object("model_sampling").sigma_max)
+        patched.add_object_patch("diffusion_model.pe_embedder",
+                                 ExtrapolatedRope(original, extrapolation, sigma_max, patch_cells(model)))
         patched.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY)
-        patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                     Extrapolating(sigma_max, patch_cells(model)).apply_model)
+        patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, publish_call)
         return io.NodeOutput(patched)
 
 

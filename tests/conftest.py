@@ -46,6 +46,13 @@ def tiny(host):
     return tiny_models
 
 
+@pytest.fixture(scope="module")
+def nodes_(host):
+    """TiledBlendedDiffusion, RegionalAttentionPrior and AttentionComposer, for the DiT tests."""
+    names = ("TiledBlendedDiffusion", "RegionalAttentionPrior", "AttentionComposer")
+    return [host.NODE_CLASS_MAPPINGS[n]() for n in names]
+
+
 @pytest.fixture
 def pack_node(host):
     """Instantiate a node of this pack (or of the host) by its registered name."""

@@ -1,7 +1,6 @@
 """What several host tests share: a smooth test latent, one sampling call, the pack's own modules."""
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 
 import torch
@@ -24,10 +23,9 @@ def sample(model, latent, pos, neg, steps: int = 4, denoise: float = 0.6, sample
 
 
 def pack_module(host, dotted: str):
-    """The pack's module ``dotted`` (e.g. "cupscale.captioning.captioner") as ComfyUI loaded it: the pack lives
-    under a module name made from its path, so its classes differ from the tests' ``cupscale.*``."""
-    root = host.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"].__module__.rsplit(".nodes.", 1)[0]
-    return sys.modules[f"{root}.{dotted}"]
+    """The pack's module ``dotted`` as ComfyUI loaded it (harness.comfy_host.pack_module), once ``host`` is up."""
+    from harness.comfy_host import pack_module
+    return pack_module(dotted)
 
 
 @contextmanager

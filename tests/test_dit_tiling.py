@@ -21,12 +21,6 @@ def latent(kind: str, seed: int = 5) -> torch.Tensor:
     return torch.randn(latent_shape(kind, 1, *HW), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module")
-def nodes_(host):
-    names = ("TiledBlendedDiffusion", "RegionalAttentionPrior", "AttentionComposer")
-    return [host.NODE_CLASS_MAPPINGS[n]() for n in names]
-
-
 def tiled(nodes_, model, tile: int, overlap: int = 64, per_batch: int = 4, **kw):
     return nodes_[0].execute(model, tile, tile, overlap, per_batch, **kw)[0]
 

@@ -163,6 +163,15 @@ def flux_prompt() -> dict:
                          **{n: VAE for n in ("10", "12", "18")}})
 
 
+def flux_4k_prompt() -> dict:
+    """The 4K graph at 48x32 -> 192x128 px, its positions extrapolated past 32 px (2 patches), so both stages run
+    past the base resolution as the shipped graph does past Flux's 1024 px."""
+    prompt = workflows.with_tiny_models(workflows.load("cupscale_flux_4k.api.json"), "flux")
+    return fast(prompt, {"6": TILES[0], "7": TILES[1], "13": CAPTION, "24": CAPTION, "17": {"steps": 2},
+                         "28": {"steps": 2}, "20": {"base_resolution": 32},
+                         **{n: VAE for n in ("10", "12", "18", "21", "23", "29")}})
+
+
 def xpsr_prompt() -> dict:
     prompt = workflows.with_tiny_models(workflows.load("xpsr_restore_x4.api.json"), "sd15")
     return fast(prompt, {"3": CAPTION, "12": {"tile_width": 64, "tile_height": 64, "overlap": 16},
@@ -215,6 +224,32 @@ def test_cupscale_flux_runs_its_x2_stage_with_all_four_priors(models, folders, s
     assert seen["joint"] and set(seen["joint"]) == {0.5}  # the prior read in the double blocks, composed at w
 
 
+def test_cupscale_flux_4k_runs_two_stages_with_extrapolated_positions_and_all_four_priors(host, models, folders,
+                                                                                         seen, monkeypatch):
+    rope = pack(host, "DiTPositionExtrapolation")
+    tables = []
+
+    def forward(self, ids, *args, **kwargs):
+        call, place = rope.CALL.get(), rope.ACTIVE.get()
+        if call is not None:
+            tables.append(place.image_hw if place is not None else (call.cells[0] // 2, call.cells[1] // 2))
+        return forward.original(self, ids, *args, **kwargs)
+    forward.original = rope.ExtrapolatedRope.forward
+    monkeypatch.setattr(rope.ExtrapolatedRope, "forward", forward)
+    Image.new("RGB", (48, 32), (120, 60, 200)).save(folders / "in" / "input.png")
+    history, captured = run(with_captures(flux_4k_prompt(), {"stage1": ["13", 1], "stage2": ["24", 1]}))
+
+    assert saved_size(folders, history, "19") == (96, 64)
+    assert saved_size(folders, history, "30") == (192, 128)
+    for key, (h, w) in (("stage1", (8, 12)), ("stage2", (16, 24))):
+        grid, prompts = regions(captured[key])
+        assert grid == tile_grid(h, w) and len(prompts) > 1
+    assert set(seen["structure"]) == {(8, 12), (16, 24)} and seen["joint"]
+    # Each table is for a whole image, in patches: the tiles' of each stage, the prior's capture pass on its low-res
+    # latent (48x32 px for stage 1; stage 2's is stage 1's output, the size of stage 1's tiles' image).
+    assert set(tables) == {(4, 6), (8, 12), (2, 3)}
+
+
 def test_xpsr_restores_x4_with_the_captioners_two_descriptions(models, folders, seen):
     Image.new("RGB", (32, 32), (90, 140, 30)).save(folders / "in" / "input.png")
     history, captured = run(with_captures(xpsr_prompt(), {"high": ["3", 2], "low": ["3", 3], "positive": ["4", 0]}))
@@ -250,6 +285,7 @@ def test_zoomed_in_gives_each_tile_its_own_degradation_aware_tags(models, folder
                                   "9": {"controlnet", "unet"}}),
     ("zoomed_in_x4.api.json", {"1": {"ckpt_name"}, "7": {"image"}, "12": {"local_model"}, "19": {"local_model"}}),
     ("cupscale_flux_x2.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "13": {"local_model"}}),
+    ("cupscale_flux_4k.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "13": {"local_model"}, "24": {"local_model"}}),
 ])
 def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_download(host, folders, name, needs):
     import execution

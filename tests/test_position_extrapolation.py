@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from host_helpers import pack_module, sample
-from test_dit_tiling import HW, latent, nodes_, prior, rel, tiled  # noqa: F401  (nodes_ is a fixture)
+from test_dit_tiling import HW, latent, prior, rel, tiled
 
 ROPE_DITS = ["flux", "qwen_image"]
 MODES = ["ntk", "yarn", "vision_yarn"]
@@ -36,7 +36,6 @@ def test_at_or_below_the_base_resolution_every_mode_equals_plain_whole_sampling(
 def test_a_tiles_rotary_table_is_the_whole_images_at_the_tile(host, tiny, kind, method):
     """Past the base (4 patches a side), at σ 0.6: the table the model gets for an 8 x 8 tile at (6, 10) is the
     whole image's at those patches; a tile positioned as an image of its own gets another."""
-    rope = pack_module(host, "nodes.position_extrapolation")
     places = pack_module(host, "nodes.dit_positions")
     patched = extrapolated(host, tiny.tiny_model(kind), method, 64)
     embedder = patched.get_model_object("diffusion_model.pe_embedder")
@@ -44,14 +43,15 @@ def test_a_tiles_rotary_table_is_the_whole_images_at_the_tile(host, tiny, kind, 
     ids = net.process_img(latent(kind))[1]
     grid = ids.reshape(1, *PATCHES, ids.shape[-1])
     tile_ids = grid[:, 6:14, 10:18].reshape(1, 64, -1)
-    t = torch.tensor(0.6, dtype=torch.float64)
+    sigma = torch.tensor(0.6) * embedder.sigma_max
 
     def table(ids, hw, place=None):
-        call, active = rope.CALL.set(rope.Call(t, hw)), places.ACTIVE.set(place)
+        call = places.CALL.set(places.ModelCall(sigma, (2 * hw[0], 2 * hw[1])))
+        active = places.ACTIVE.set(place)
         try:
             return embedder(ids)
         finally:
-            rope.CALL.reset(call)
+            places.CALL.reset(call)
             places.ACTIVE.reset(active)
     whole = table(ids, PATCHES).reshape(1, 1, *PATCHES, *table(ids, PATCHES).shape[-3:])
     at_tile = whole[:, :, 6:14, 10:18].reshape(1, 1, 64, *whole.shape[-3:])
