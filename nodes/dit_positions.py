@@ -68,7 +68,7 @@ ACTIVE: ContextVar[TilePlace | None] = ContextVar("cupscale_tile_place", default
 
 @dataclass(frozen=True)
 class ModelCall:
-    """What a model call's positions may depend on beyond its ids: σ (on the model's device) and the latent's
+    """What a model call's positions may depend on beyond its ids: sigma (on the model's device) and the latent's
     size in cells. Set around each call by :func:`model_call`; None outside one."""
 
     sigma: torch.Tensor

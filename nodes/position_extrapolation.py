@@ -3,9 +3,9 @@ DyPE's schedule over the noise level (core: cupscale.tiling.extrapolation).
 
 The host builds a DiT's rotary table in its ``pe_embedder`` (EmbedND: Flux, Qwen-Image and their kin) from
 the ids alone. The patch replaces it on a clone with :class:`ExtrapolatedRope`, which computes the spatial
-axes' frequencies for the whole image at the current σ and leaves the other axes to the host's own rope. The
+axes' frequencies for the whole image at the current sigma and leaves the other axes to the host's own rope. The
 whole image's size comes from TiledBlendedDiffusion's tile place where tiles run (their ids are the whole
-image's: each tile's table is the whole one's at the tile), else from the latent the model is called on; σ
+image's: each tile's table is the whole one's at the tile), else from the latent the model is called on; sigma
 from the call (dit_positions.CALL: the sampler's calls, and the prior's capture pass).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ SPATIAL_AXES = (1, 2)
 
 class ExtrapolatedRope(torch.nn.Module):
     """Over the host's EmbedND: the spatial axes at the extrapolated frequencies, the rest as the host has them.
-    ``sigma_max`` normalises σ to DyPE's t ∈ [0, 1]; ``patch`` is latent cells per patch."""
+    ``sigma_max`` normalises sigma to DyPE's t in [0, 1]; ``patch`` is latent cells per patch."""
 
     def __init__(self, original: torch.nn.Module, extrapolation: Extrapolation, sigma_max: float, patch: int):
         super().__init__()
@@ -56,7 +56,7 @@ class ExtrapolatedRope(torch.nn.Module):
 
 
 def publish_call(executor, x, t, *args, **kwargs):
-    """The APPLY_MODEL wrapper: the call's σ and latent size, for ExtrapolatedRope."""
+    """The APPLY_MODEL wrapper: the call's sigma and latent size, for ExtrapolatedRope."""
     with model_call(x, t):
         return executor(x, t, *args, **kwargs)
 
@@ -79,17 +79,17 @@ class DiTPositionExtrapolation(io.ComfyNode):
                 io.Model.Input("model"),
                 io.Combo.Input("method", options=list(MODES), default="yarn",
                                tooltip="yarn: per axis, the DyPE paper's choice; vision_yarn: the image's larger "
-                                       "scale for both axes (wide or tall images); ntk: stretch θ alone."),
+                                       "scale for both axes (wide or tall images); ntk: stretch theta alone."),
                 io.Boolean.Input("dype", default=True,
-                                 tooltip="DyPE: the extrapolation follows the noise level (κ(t) = t^lambda_t). "
+                                 tooltip="DyPE: the extrapolation follows the noise level (kappa(t) = t^lambda_t). "
                                          "Off: the static method at every step."),
                 io.Int.Input("base_resolution", default=0, min=0, max=16384, step=16,
                              tooltip="Pixels a side the model was trained around; 0 = the model's own (Flux 1024, "
                                      "Qwen-Image 1328)."),
                 advanced(io.Float.Input("lambda_s", default=2.0, min=0.0, max=8.0, step=0.1, optional=True,
-                                        tooltip="ntk: the factor's exponent at pure noise (b^(lambda_s·κ)).")),
+                                        tooltip="ntk: the factor's exponent at pure noise (b^(lambda_s·kappa)).")),
                 advanced(io.Float.Input("lambda_t", default=2.0, min=0.0, max=8.0, step=0.1, optional=True,
-                                        tooltip="κ(t) = t^lambda_t: higher returns to the base frequencies "
+                                        tooltip="kappa(t) = t^lambda_t: higher returns to the base frequencies "
                                                 "sooner as the noise falls.")),
             ],
             outputs=[io.Model.Output()],

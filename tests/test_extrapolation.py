@@ -78,7 +78,7 @@ def test_at_or_below_the_base_size_every_mode_gives_the_base_frequencies():
 
 
 def test_at_pure_noise_the_schedule_is_the_static_method_and_it_changes_as_the_noise_falls():
-    """(NTK's at pure noise is b^λ_s, not b: the official code's; checked above.)"""
+    """(NTK's at pure noise is b^lambda_s, not b: the official code's; checked above.)"""
     for mode in ("yarn", "vision_yarn"):
         dynamic, static = Extrapolation(mode, (64, 64)), Extrapolation(mode, (64, 64), dynamic=False)
         one, half = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)

@@ -34,7 +34,7 @@ def test_at_or_below_the_base_resolution_every_mode_equals_plain_whole_sampling(
 @pytest.mark.parametrize("method", MODES)
 @pytest.mark.parametrize("kind", ROPE_DITS)
 def test_a_tiles_rotary_table_is_the_whole_images_at_the_tile(host, tiny, kind, method):
-    """Past the base (4 patches a side), at σ 0.6: the table the model gets for an 8 x 8 tile at (6, 10) is the
+    """Past the base (4 patches a side), at sigma 0.6: the table the model gets for an 8 x 8 tile at (6, 10) is the
     whole image's at those patches; a tile positioned as an image of its own gets another."""
     places = pack_module(host, "nodes.dit_positions")
     patched = extrapolated(host, tiny.tiny_model(kind), method, 64)

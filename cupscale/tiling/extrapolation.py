@@ -1,18 +1,19 @@
 """Rotary positions past the trained range: NTK, YaRN and vision YaRN frequencies, with DyPE's schedule.
 
-A RoPE DiT (Flux, Qwen-Image) is trained around one resolution, L₀ patches a side (Flux: 1024 px, 64
-patches). At 4K-8K the whole image's ids run to 4-8 L₀, where the low frequencies take angles the model never
-saw. NTK stretches the base θ, YaRN blends per frequency between position interpolation (low frequencies),
+A RoPE DiT (Flux, Qwen-Image) is trained around one resolution, L0 patches a side (Flux: 1024 px, 64
+patches). At 4K-8K the whole image's ids run to 4-8 L0, where the low frequencies take angles the model never
+saw. NTK stretches the base theta, YaRN blends per frequency between position interpolation (low frequencies),
 NTK and the base frequencies (the highest ones), and multiplies cos and sin by an attention temperature.
 DyPE (Issachar et al., "DyPE: Dynamic Position Extrapolation for Ultra High Resolution Diffusion") makes the
-blend depend on the noise level t ∈ [0, 1]: early, noisy steps settle the layout with the full
-extrapolation; late steps, which paint detail, move back to the base frequencies, κ(t) = t^λ_t.
+blend depend on the noise level t in [0, 1]: early, noisy steps settle the layout with the full
+extrapolation; YaRN's thresholds then shrink with kappa(t) = t^lambda_t, so later steps, which paint detail,
+keep more frequencies at their base (and NTK) values.
 
 The frequencies depend only on the whole image's size and t, never on a tile: a tile's rotary table is the
 whole image's at the tile's ids, so neighbouring tiles still agree (cupscale.tiling.positions gives them the
 whole image's ids).
 
-Notation per axis: d its rotary dims, ω_i = θ^(−2i/d) for i < d/2, s = max(P/L₀, 1) for P patches.
+Notation per axis: d its rotary dims, omega_i = theta^(-2i/d) for i < d/2, s = max(P/L0, 1) for P patches.
 """
 from __future__ import annotations
 
@@ -23,15 +24,15 @@ import torch
 
 MODES = ("ntk", "yarn", "vision_yarn")
 BETA = (1.25, 0.75)
-"""YaRN's rotation thresholds between NTK (above β₀ rotations over L₀) and interpolation (below β₁)."""
+"""YaRN's rotation thresholds between NTK (above beta0 rotations over L0) and interpolation (below beta1)."""
 GAMMA = (16.0, 2.0)
-"""The thresholds above which the base frequencies are kept unchanged (γ₀ rotations), blended down to γ₁."""
+"""The thresholds above which the base frequencies are kept unchanged (gamma0 rotations), blended down to gamma1."""
 
 
 @dataclass(frozen=True)
 class Extrapolation:
     """How positions past ``base`` patches (height, width) are extrapolated. ``dynamic``: DyPE's schedule
-    (κ(t) = t^lambda_t; NTK's factor b^(lambda_s·κ)); off, the static method at every step."""
+    (kappa(t) = t^lambda_t; NTK's factor b^(lambda_s·kappa)); off, the static method at every step."""
 
     mode: str
     base: tuple[int, int]
@@ -41,13 +42,13 @@ class Extrapolation:
 
 
 def base_omega(dim: int, theta: float, device=None) -> torch.Tensor:
-    """ω_i = θ^(−2i/d), i < d/2, in float64 (as the host's rope computes them)."""
+    """omega_i = theta^(-2i/d), i < d/2, in float64 (as the host's rope computes them)."""
     exponents = torch.arange(0, dim // 2, dtype=torch.float64, device=device) * 2 / dim
     return 1.0 / theta ** exponents
 
 
 def correction_index(rotations: torch.Tensor, dim: int, theta: float, base: int) -> torch.Tensor:
-    """The (fractional) i at which ω_i turns ``rotations`` times over ``base`` positions."""
+    """The (fractional) i at which omega_i turns ``rotations`` times over ``base`` positions."""
     return dim * torch.log(base / (2 * math.pi * rotations.clamp_min(1e-12))) / (2 * math.log(theta))
 
 
@@ -64,12 +65,12 @@ def ramp_mask(r0: torch.Tensor, r1: torch.Tensor, dim: int, theta: float, base: 
 
 
 def kappa(t: torch.Tensor, e: Extrapolation) -> torch.Tensor:
-    """DyPE's κ(t) = t^λ_t: 1 at pure noise, 0 at the clean image; 1 throughout when not dynamic."""
+    """DyPE's kappa(t) = t^lambda_t: 1 at pure noise, 0 at the clean image; 1 throughout when not dynamic."""
     return t ** e.lambda_t if e.dynamic else torch.ones_like(t)
 
 
 def ntk_factor(scale: float, dim: int, t: torch.Tensor, e: Extrapolation) -> torch.Tensor:
-    """What multiplies θ: b = s^(d/(d−2)), under DyPE b^(λ_s·κ(t)), never below 1."""
+    """What multiplies theta: b = s^(d/(d-2)), under DyPE b^(lambda_s·kappa(t)), never below 1."""
     b = torch.as_tensor(scale ** (dim / (dim - 2)), dtype=torch.float64, device=t.device)
     return (b ** (e.lambda_s * kappa(t, e)) if e.dynamic else b).clamp_min(1.0)
 
@@ -77,7 +78,7 @@ def ntk_factor(scale: float, dim: int, t: torch.Tensor, e: Extrapolation) -> tor
 def yarn_omega(dim: int, theta: float, base: int, linear: float, ntk: float, t: torch.Tensor,
                e: Extrapolation) -> torch.Tensor:
     """YaRN's two blends: NTK (scale ``ntk``) for the high frequencies, interpolation by ``linear`` for the low
-    ones, then the base frequencies for the highest; DyPE scales the thresholds by κ(t)."""
+    ones, then the base frequencies for the highest; DyPE scales the thresholds by kappa(t)."""
     omega = base_omega(dim, theta, t.device)
     k = kappa(t, e)
     ntk_omega = base_omega(dim, theta * ntk ** (dim / (dim - 2)), t.device)
@@ -89,8 +90,8 @@ def yarn_omega(dim: int, theta: float, base: int, linear: float, ntk: float, t: 
 
 def axis_frequencies(dim: int, theta: float, axis: int, whole: tuple[int, int], t: torch.Tensor,
                      e: Extrapolation) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ω, mscale) of spatial ``axis`` (0 height, 1 width) for a whole image of ``whole`` patches at noise
-    level ``t`` (a 0-d tensor: read on its device, no sync). At or below the base size: ω_i, 1."""
+    """(omega, mscale) of spatial ``axis`` (0 height, 1 width) for a whole image of ``whole`` patches at noise
+    level ``t`` (a 0-d tensor: read on its device, no sync). At or below the base size: omega_i, 1."""
     scale = max(whole[axis] / e.base[axis], 1.0)
     overall = max(whole[0] / e.base[0], whole[1] / e.base[1], 1.0)
     one = torch.ones((), dtype=torch.float64, device=t.device)
@@ -110,7 +111,7 @@ def axis_frequencies(dim: int, theta: float, axis: int, whole: tuple[int, int], 
 
 def rotary(pos: torch.Tensor, omega: torch.Tensor, mscale: torch.Tensor) -> torch.Tensor:
     """Rotation matrices (..., n, d/2, 2, 2) of positions ``pos`` (..., n) at ``omega``, in the layout of the
-    host's flux rope ([[cos, −sin], [sin, cos]]), cos and sin times ``mscale``."""
+    host's flux rope ([[cos, -sin], [sin, cos]]), cos and sin times ``mscale``."""
     angles = pos.to(torch.float32).to(torch.float64).unsqueeze(-1) * omega
     cos, sin = torch.cos(angles) * mscale, torch.sin(angles) * mscale
     out = torch.stack([cos, -sin, sin, cos], dim=-1)
