@@ -545,7 +545,8 @@ class SchemaSuite:
 def schema_suite(s, log=print) -> SchemaSuite:
     """Every schema-driven case (harness/hostile_cases.py) over HTTP. After each case that ran, a canary (one of
     two seeds, so the sampler runs again) must give the pixels it gave the first time; the server's memory is
-    read before the first case and after the last, with ComfyUI's caches freed."""
+    read before the first case (after each node's base graph has run once: loading code and models is not what
+    a failure leaves) and after the last, with ComfyUI's caches freed."""
     from harness import hostile_cases
     from harness.comfy_host import PACK_DIR
     schemas = hostile_cases.pack_schemas(s.get("/object_info"), f"custom_nodes.{PACK_DIR.name}")
@@ -555,6 +556,8 @@ def schema_suite(s, log=print) -> SchemaSuite:
     canaries, first = [sampling_graph(tiled()) for _ in range(2)], {}
     for seed, canary in enumerate(canaries):
         canary["ks"]["inputs"]["seed"] = 1000 + seed
+    for graph, _ in schema_bases().values():  # warm-up: each node's code and tiny models loaded once, as in use
+        run(s, graph, 120)
     free(s)
     suite, start = SchemaSuite(rss_before=rss(s)), time.perf_counter()
     for i, case in enumerate(all_cases):
