@@ -56,10 +56,10 @@ class TilePlace:
         return self.whole_hw if self.whole else self.tile_hw
 
     def offsets(self, like: torch.Tensor, centred: bool) -> torch.Tensor:
-        key = (like.device, like.dtype, centred)
+        key = (like.device, like.dtype, centred, like.shape[-1])
         if key not in self.moved:
             shift = centred_shift(self.tile_hw, self.whole_hw) if centred else (0, 0)
-            self.moved[key] = id_offsets(self.origins, shift).to(like)
+            self.moved[key] = id_offsets(self.origins, shift, like.shape[-1]).to(like)
         return self.moved[key]
 
 

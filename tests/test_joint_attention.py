@@ -84,6 +84,12 @@ def test_tile_ids_moved_to_their_origins_are_the_whole_images_ids_at_the_tile():
             assert torch.equal(moved[item].reshape(8, 8, 3), whole[r:r + 8, c:c + 8])
 
 
+def test_id_offsets_move_rows_and_columns_alone_whatever_the_number_of_axes():
+    """Flux.2's ids carry a fourth axis after the column: it is left as the tile has it."""
+    offsets = id_offsets(((3, 5), (0, 2)), (1, -1), axes=4)
+    assert offsets.shape == (2, 1, 4) and offsets[:, 0].tolist() == [[0, 4, 4, 0], [0, 1, 1, 0]]
+
+
 def test_table_crops_are_the_whole_images_crop_at_each_tile_and_none_beyond_the_table():
     side, channels = 12, 3
     table = torch.randn(1, side * side, channels)

@@ -27,11 +27,12 @@ def tile_origins(batch: TileBatch, patch: int) -> tuple[tuple[int, int], ...]:
     return tuple((box.top // patch, box.left // patch) for box in boxes)
 
 
-def id_offsets(origins: tuple[tuple[int, int], ...], shift: tuple[int, int] = (0, 0)) -> torch.Tensor:
-    """(items, 1, 3): what moves RoPE ids (index, row, column) of tiles to ``origins`` plus a common ``shift``
-    (row, column): added to a tile's ids, it gives the whole image's ids at the tile's patches."""
-    offsets = torch.zeros(len(origins), 1, 3)
-    offsets[:, 0, 1:] = torch.tensor(origins, dtype=torch.float32) + torch.tensor(shift, dtype=torch.float32)
+def id_offsets(origins: tuple[tuple[int, int], ...], shift: tuple[int, int] = (0, 0), axes: int = 3) -> torch.Tensor:
+    """(items, 1, axes): what moves RoPE ids (index, row, column, and any axes after: Flux.2 has four) of tiles to
+    ``origins`` plus a common ``shift`` (row, column): added to a tile's ids, it gives the whole image's ids at
+    the tile's patches."""
+    offsets = torch.zeros(len(origins), 1, axes)
+    offsets[:, 0, 1:3] = torch.tensor(origins, dtype=torch.float32) + torch.tensor(shift, dtype=torch.float32)
     return offsets
 
 
