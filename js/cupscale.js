@@ -344,6 +344,9 @@ const debug = {
 app.registerExtension({
   name: 'cupscale.regions',
   debug,
+  async setup() {
+    debug.ready = true // the frontend calls setup once every node type is registered
+  },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== CAPTIONER && nodeData.name !== TILED) return
     const onNodeCreated = nodeType.prototype.onNodeCreated
