@@ -108,7 +108,8 @@ class DiTPositionExtrapolation(io.ComfyNode):
             raise ValueError(f"model is {kind or 'not a DiT'}: DiTPositionExtrapolation stretches rotary positions, "
                              f"which {', '.join(BASE_RESOLUTION)} models have (SD3.5's are a learned table, a UNet "
                              f"has none); connect a Flux or Qwen-Image model.")
-        patch_px = patch_cells(model) * latent_ratio(model)
+        patch = patch_cells(model)
+        patch_px = patch * latent_ratio(model)
         side = max(base_resolution or BASE_RESOLUTION[kind], patch_px) // patch_px
         extrapolation = Extrapolation(method, (side, side), dype, lambda_s, lambda_t)
         patched = model.clone()
@@ -116,7 +117,7 @@ class DiTPositionExtrapolation(io.ComfyNode):
         original = original.original if isinstance(original, ExtrapolatedRope) else original
         sigma_max = float(patched.get_model_object("model_sampling").sigma_max)
         patched.add_object_patch("diffusion_model.pe_embedder",
-                                 ExtrapolatedRope(original, extrapolation, sigma_max, patch_cells(model)))
+                                 ExtrapolatedRope(original, extrapolation, sigma_max, patch))
         patched.remove_wrappers_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY)
         patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, WRAPPER_KEY, publish_call)
         return io.NodeOutput(patched)

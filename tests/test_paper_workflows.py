@@ -24,6 +24,7 @@ import tiny_vlms
 from cupscale.captioning.instructions import DEGRADATION_TAGS
 from harness import workflows
 from harness.comfy_host import run_prompt
+from host_helpers import pack_module
 from tiny_xpsr import release
 
 CAPTION = {"max_tokens": 4, "device": "cpu"}
@@ -67,12 +68,11 @@ def seen(host, monkeypatch):
     and the instructions the VLM was asked; on a DiT, the region of each cond item given its region prompt as
     text and the composer weight of each joint attention that read the prior."""
     ra, sg = pack(host, "RegionalAttentionPrior"), pack(host, "LowFreqStructureGuide")
-    sfa, captioner = pack(host, "SFAControlNetApply"), pack(host, "MLLMRegionCaptioner")
-    backends = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.captioning.backends"]
-    processors = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.priors.processors"]
-    control = sys.modules[sfa.__name__.rsplit(".", 1)[0] + ".sfa_control"]
-    joint = sys.modules[ra.__name__.rsplit(".", 1)[0] + ".joint_blocks"]
-    composer = sys.modules[captioner.__name__.rsplit(".nodes.", 1)[0] + ".cupscale.priors.composer"]
+    captioner = pack(host, "MLLMRegionCaptioner")
+    backends = pack_module(host, "cupscale.captioning.backends")
+    processors = pack_module(host, "cupscale.priors.processors")
+    control, joint = pack_module(host, "nodes.sfa_control"), pack_module(host, "nodes.joint_blocks")
+    composer = pack_module(host, "cupscale.priors.composer")
     log = {"structure": [], "captures": [], "tiles": [], "control": [], "asked": [], "texts": [], "joint": []}
 
     def structure(self, args):
