@@ -11,6 +11,7 @@ import comfy.controlnet as controlnet
 import comfy.ldm.modules.attention as attention
 import comfy.model_base as model_base
 import comfy.model_management as model_management
+import comfy.model_patcher as model_patcher
 import comfy.model_sampling as model_sampling
 import comfy.ops as ops
 import comfy.sampler_helpers as sampler_helpers
@@ -27,7 +28,7 @@ from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import ComfyExtension, io
 
-__all__ = ["cldm", "controlnet", "attention", "model_base", "model_management", "model_sampling", "ops",
-           "sampler_helpers", "samplers", "comfy_utils", "folder_paths", "flux_rope", "Flux", "MMDiT",
+__all__ = ["cldm", "controlnet", "attention", "model_base", "model_management", "model_patcher", "model_sampling",
+           "ops", "sampler_helpers", "samplers", "comfy_utils", "folder_paths", "flux_rope", "Flux", "MMDiT",
            "Downsample", "TimestepBlock", "TimestepEmbedSequential", "Upsample", "timestep_embedding",
            "QwenImageTransformer2DModel", "WrappersMP", "ComfyExtension", "io"]

@@ -8,6 +8,7 @@ from .dit_positions import add_position_patches, dit_kind, patch_cells
 from .host import WrappersMP, io
 from .host_services import add_block_checks
 from .inputs import advanced, check_numbers, tile_inputs, widget_names, widgets_valid
+from .tile_devices import add_replicas, extra_devices, named_devices
 from .tiled_sampling import WRAPPER_KEY, TiledDiffusion, has_sdxl_crops, latent_ratio
 
 
@@ -59,17 +60,31 @@ class TiledBlendedDiffusion(io.ComfyNode):
                                                   "image of its own, within the trained range at any output size "
                                                   "(DiTPositionExtrapolation then reads the tile's size). UNets "
                                                   "ignore it.")),
+                advanced(io.String.Input("devices", default="", optional=True,
+                                         tooltip="Devices to share each step's tiles over, the model's own "
+                                                 "among them: 'cuda:0, cuda:1', or 'all'. Empty: the model's "
+                                                 "device only. Each extra device holds a copy of the model "
+                                                 "(ComfyUI's multi-GPU copies; needs a ComfyUI that has them). "
+                                                 "Tiles with a ControlNet stay on the model's device.")),
             ],
             outputs=[io.Model.Output()],
         )
 
     @classmethod
-    def validate_inputs(cls, tile_width=None, tile_height=None, overlap=None, tiles_per_batch=None, background_lowpass=None) -> bool | str:
-        return widgets_valid(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap, tiles_per_batch=tiles_per_batch, background_lowpass=background_lowpass)
+    def validate_inputs(cls, tile_width=None, tile_height=None, overlap=None, tiles_per_batch=None,
+                        background_lowpass=None, devices=None) -> bool | str:
+        if isinstance(devices, str):
+            try:
+                named_devices(devices)
+            except ValueError as error:
+                return str(error)
+        return widgets_valid(cls, tile_width=tile_width, tile_height=tile_height, overlap=overlap,
+                             tiles_per_batch=tiles_per_batch, background_lowpass=background_lowpass)
 
     @classmethod
     def execute(cls, model, tile_width, tile_height, overlap, tiles_per_batch, mask=None,
-                background_lowpass=0.0, sdxl_crop_conditioning=True, dit_tile_positions=True) -> io.NodeOutput:
+                background_lowpass=0.0, sdxl_crop_conditioning=True, dit_tile_positions=True,
+                devices="") -> io.NodeOutput:
         with widget_names():
             check_tile_settings(tile_width, tile_height, overlap)
         if mask is not None:
@@ -81,12 +96,14 @@ class TiledBlendedDiffusion(io.ComfyNode):
         check_numbers(cls, background_lowpass=background_lowpass)
         ratio = latent_ratio(model)
         check_patch_multiples(model, ratio, tile_width=tile_width, tile_height=tile_height, overlap=overlap)
+        devices = extra_devices(model, named_devices(devices))
         crops = ratio if sdxl_crop_conditioning and has_sdxl_crops(model.model) else None
         places = patch_cells(model) if dit_kind(model) else None
         patch = TiledDiffusion(tile_height // ratio, tile_width // ratio, overlap // ratio, tiles_per_batch,
                                mask, background_lowpass, crops, places, dit_tile_positions)
         patched = model.clone()
         add_block_checks(patched)
+        add_replicas(patched, devices)
         if places and dit_tile_positions:
             add_position_patches(patched)
         for kind, fn in ((WrappersMP.OUTER_SAMPLE, patch.outer_sample),

@@ -12,6 +12,7 @@ Three wrappers on a clone of the model (core: cupscale.tiling.multidiffusion.run
 """
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
 
 import torch
@@ -28,11 +29,14 @@ from .host import comfy_utils, model_base
 from .host_services import free_memory, stop_if_interrupted
 from .inputs import widget_names
 from .step_clock import run_clock
+from .tile_devices import matched_replicas
 
 TILES_KEY = "cupscale_tiles"
 CONTEXTS_KEY = "cupscale_tile_contexts"
 """Set by AttentionComposer on a DiT: (context, tiles or None, labels, latent hw) -> each item's text."""
 RUN_KEY = "cupscale_tiled_run"
+REPLICA_KEY = "cupscale_tile_replica"
+"""Set on a replica's model call (nodes/tile_devices.py): that call is one tile batch, not to be tiled again."""
 WRAPPER_KEY = "cupscale.tiled_diffusion"
 GRIDS_VAR = "CUPSCALE_TILE_GRIDS"
 """Latent sizes whose grid and feather weights a patched model keeps (default 8)."""
@@ -62,6 +66,7 @@ class TiledRun:
     hints: TiledHints = field(default_factory=TiledHints)
     batch_sizes: dict[tuple, int] = field(default_factory=dict)
     evaluations: dict[tuple, int] = field(default_factory=dict)
+    replicas: list = field(default_factory=list)
 
     def report(self, done: int, total: int) -> None:
         """Tile-level progress on the same scale as the sampler's own step bar (steps x tiles); the step is the
@@ -121,7 +126,8 @@ class TiledDiffusion:
         tiles = len(self.grid(hw)[0])
         # Like the sampler's own ProgressBar (latent_preview.prepare_callback), this reports to the UI and to
         # progress hooks whatever disable_pbar says: that flag is for the console's tqdm bars.
-        run = TiledRun(clock, tiles, comfy_utils.ProgressBar(clock.steps * tiles))
+        run = TiledRun(clock, tiles, comfy_utils.ProgressBar(clock.steps * tiles),
+                       replicas=matched_replicas(guider.model_patcher))
         if self.mask is not None:
             with widget_names(mask="TiledBlendedDiffusion's mask"):
                 run.mask = blended.mask_at_latent(self.mask, hw, latent_ratio(guider.model_patcher))
@@ -146,6 +152,8 @@ class TiledDiffusion:
         return out
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        if transformer_options.get(REPLICA_KEY):
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         hw = tuple(x.shape[-2:])
         grid, weights = self.grid(hw, x)
         labels = transformer_options.get("cond_or_uncond", [0])
@@ -165,7 +173,7 @@ class TiledDiffusion:
         if self.crop_pixels_per_cell is not None and torch.is_tensor(cond.get("y")):
             crops = self.tile_crops(hw, grid, executor.class_obj, cond["y"])
 
-        def evaluate(batch: TileBatch, tile_x: torch.Tensor) -> torch.Tensor:
+        def evaluate(batch: TileBatch, tile_x: torch.Tensor, call=executor) -> torch.Tensor:
             stop_if_interrupted()
             tile_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in cond.items()}
             if crops is not None:
@@ -181,13 +189,17 @@ class TiledDiffusion:
                 c_cross = contexts(c_cross, batch, labels, hw)
             token = ACTIVE.set(self.place(batch, hw)) if self.position_patch else None
             try:
-                return executor(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
+                return call(tile_x, tile_t, c_cat, c_cross, tile_control, options, **tile_cond)
             finally:
                 if token is not None:
                     ACTIVE.reset(token)
 
         report = None if run is None else run.report
         tiles = self.tiles_to_run(grid, run)
+        if run is not None and run.replicas and control is None:
+            return run_tiles(x, grid, weights, self.batch_size(executor.class_obj, x, grid, chunks, run),
+                             device_evaluators(evaluate, run.replicas, x.device), chunks=chunks, tiles=tiles,
+                             report=report)
         batch_size, evaluate = self.batch_plan(executor.class_obj, x, grid, chunks, run, tiles, evaluate)
         return run_tiles(x, grid, weights, batch_size, evaluate, chunks=chunks, tiles=tiles, report=report)
 
@@ -237,3 +249,39 @@ class TiledDiffusion:
         if run is None or run.mask is None or self.lowpass_sigma > 0:
             return None
         return blended.tiles_touching(grid, run.mask)
+
+
+def device_evaluators(evaluate, replicas: list, home: torch.device) -> list:
+    """``evaluate`` on the model's device, then on each replica's: the tile batch moved there, its model
+    called as one batch (REPLICA_KEY), the prediction brought home. Each runs in its own thread in a copy of
+    this call's context, so what the wrappers around this call have set (the model call, the tile place)
+    reads the same on every device. ControlNets stay on one device: their models have no replicas here."""
+    def on(replica):
+        device = replica.load_device
+
+        def call(x, t, c_concat, c_crossattn, control, options, **cond):
+            options = {**{k: moved(v, device) if torch.is_tensor(v) else v for k, v in options.items()},
+                       REPLICA_KEY: True}
+            out = replica.model.apply_model(moved(x, device), moved(t, device), moved(c_concat, device),
+                                            moved(c_crossattn, device), control, options,
+                                            **{k: moved(v, device) for k, v in cond.items()})
+            return out.to(home)
+        return lambda batch, tile_x: evaluate(batch, tile_x, call)
+
+    return [in_context(evaluate)] + [in_context(on(r)) for r in replicas]
+
+
+def in_context(fn):
+    context = contextvars.copy_context()
+    return lambda *args: context.run(fn, *args)
+
+
+def moved(value, device: torch.device):
+    """Tensors (in lists, tuples and dicts too) on ``device``; anything else as it is."""
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: moved(v, device) for k, v in value.items()}
+    return value
