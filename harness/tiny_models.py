@@ -278,11 +278,12 @@ def with_guidance(kind: str, conditioning: list) -> list:
 
 
 def conditioning(kind: str, seed: int, tokens: int = 77, batch: int = 1) -> list:
-    """CONDITIONING as CLIPTextEncode gives it, drawn from ``seed``: a pooled output for SDXL, SD3, Flux and HiDream,
+    """CONDITIONING as CLIPTextEncode gives it, drawn from ``seed``: a pooled output for SDXL, SD3, HiDream and the
+    Flux family (Flux.2 and Chroma ignore it, but hosts before v0.33 read one from every Flux-family conditioning),
     and for Flux the guidance FluxGuidance sets (:func:`with_guidance`); HiDream's Llama layers beside its T5 text.
-    Qwen-Image, Flux.2 klein, Chroma and Z-Image read the text alone."""
+    Qwen-Image and Z-Image read the text alone."""
     g = torch.Generator().manual_seed(seed)
-    pooled = kind in ("sdxl", "sd3", "flux", "hidream")
+    pooled = kind in ("sdxl", "sd3", "flux", "flux2", "chroma", "hidream")
     extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=g)} if pooled else {}
     if kind == "hidream":
         extra["conditioning_llama3"] = torch.randn(batch, HIDREAM_LLAMA_LAYERS, tokens, CONTEXT_DIM, generator=g)
