@@ -272,9 +272,15 @@ def tiny_wan_vae(seed: int = 0) -> comfy.sd.VAE:
 
 
 def with_guidance(kind: str, conditioning: list) -> list:
-    """CONDITIONING as FluxGuidance leaves it for Flux (3.5, its default: dev distils CFG into a guidance
-    input); other kinds' as it is."""
-    return [[c, {**extra, "guidance": 3.5}] for c, extra in conditioning] if kind == "flux" else conditioning
+    """CONDITIONING as the kind's own text nodes leave it: for Flux FluxGuidance's 3.5 (its default: dev distils CFG
+    into a guidance input); for HiDream its Llama layers beside the text (here the text itself, once per layer,
+    where the real encoder gives Llama 3.1's hidden states); other kinds' as it is."""
+    if kind == "flux":
+        return [[c, {**extra, "guidance": 3.5}] for c, extra in conditioning]
+    if kind == "hidream":
+        return [[c, {"conditioning_llama3": c[:, None].repeat(1, HIDREAM_LLAMA_LAYERS, 1, 1), **extra}]
+                for c, extra in conditioning]
+    return conditioning
 
 
 def conditioning(kind: str, seed: int, tokens: int = 77, batch: int = 1) -> list:
@@ -285,8 +291,6 @@ def conditioning(kind: str, seed: int, tokens: int = 77, batch: int = 1) -> list
     g = torch.Generator().manual_seed(seed)
     pooled = kind in ("sdxl", "sd3", "flux", "flux2", "chroma", "hidream")
     extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=g)} if pooled else {}
-    if kind == "hidream":
-        extra["conditioning_llama3"] = torch.randn(batch, HIDREAM_LLAMA_LAYERS, tokens, CONTEXT_DIM, generator=g)
     return with_guidance(kind, [[torch.randn(batch, tokens, CONTEXT_DIM, generator=g), extra]])
 
 

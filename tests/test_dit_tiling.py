@@ -12,7 +12,6 @@ NEW = ["flux2", "chroma", "hidream", "z_image"]
 """The 2026 models (issue #31): each skips, saying so, on a host that lacks it."""
 DITS = ["flux", "sd3", "qwen_image", *NEW]
 ROPE = ["flux", "qwen_image", *NEW]
-JOINT = ["flux", "sd3", "qwen_image"]
 PIXELS = (320, 384)  # 20x24 patches (2x2 of x8 cells, or Flux.2's 1x1 of x16 cells), inside SD3's 32x32 table
 TILE_PATCHES = 8  # a tile of 128 px
 
@@ -137,7 +136,6 @@ def test_each_tiles_rope_ids_are_the_whole_images_ids_at_the_tile(tiny, nodes_, 
     assert len(origins) == 2 * 12 and len(set(origins)) == 12  # cond and uncond items of the 3x4 tiles, each in place
 
 
-@pytest.mark.parametrize("kind", JOINT)
 def test_the_prior_at_its_own_size_for_one_step_is_plain_sampling(tiny, nodes_, kind):
     """At the first step the capture sees exactly the sampler's input (same latent, same noise): its text
     attention is the model's own, and (joint RAP) leaves the output as it was, through each model's real
@@ -149,7 +147,6 @@ def test_the_prior_at_its_own_size_for_one_step_is_plain_sampling(tiny, nodes_, 
     assert rel(with_prior, plain) <= 1e-5
 
 
-@pytest.mark.parametrize("kind", JOINT)
 def test_the_prior_changes_tiles_and_the_composer_at_weight_zero_with_the_global_prompt_is_tiles_alone(
         tiny, nodes_, host, kind):
     model, clip = tiny.tiny_model(kind), tiny.tiny_clip()
