@@ -301,3 +301,16 @@ def tiny_controlnet(kind: str = "sd15", seed: int = 0):
     config = {k: v for k, v in UNET[kind].items() if k not in ("out_channels", "transformer_depth_output")}
     net = seeded_fill(comfy.cldm.cldm.ControlNet(hint_channels=3, **config), seed)
     return comfy.controlnet.ControlNet(control_model=net, load_device=comfy.model_management.get_torch_device())
+
+
+def tiny_z_image_control(seed: int = 0):
+    """A MODEL_PATCH as ModelPatchLoader gives Z-Image's Fun ControlNet Union 2.1 (15 control layers, the
+    inpainting inputs, refiner control): the host's ZImage_Control at the tiny Z-Image's width."""
+    import comfy.ldm.lumina.controlnet
+    import comfy.ops
+    net = comfy.ldm.lumina.controlnet.ZImage_Control(
+        dim=UNET["z_image"]["dim"], n_heads=UNET["z_image"]["n_heads"], n_kv_heads=UNET["z_image"]["n_kv_heads"],
+        n_control_layers=15, additional_in_dim=17, refiner_control=True, operations=comfy.ops.manual_cast)
+    seeded_fill(net, seed)
+    return comfy.model_patcher.CoreModelPatcher(net, load_device=comfy.model_management.get_torch_device(),
+                                                offload_device=comfy.model_management.unet_offload_device())

@@ -3,6 +3,8 @@ and Flux.2, Chroma, HiDream and Z-Image where the host has them, built from Comf
 the host: the equalities issues #17 and #31 ask for."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -180,3 +182,36 @@ def test_a_model_the_pack_does_not_know_is_refused_by_name(tiny, nodes_):
     model.model.diffusion_model = torch.nn.Identity()
     with pytest.raises(ValueError, match=r"does not know this model \(torch\.nn\.modules\.linear\.Identity\)"):
         tiled(nodes_, model, 128)
+
+
+def test_each_tile_of_a_model_patch_controlnet_encodes_its_crop_of_the_hint(tiny, nodes_, host):
+    """Z-Image's Fun ControlNet (a model patch, ModelPatchLoader's) resizes its whole hint to the latent it is
+    called with: tiled, each tile batch's copy encodes exactly the tiles' crops of the hint, every tile once."""
+    from cupscale.tiling.grid import region_grid
+    if tiny.missing("z_image") or not hasattr(tiny, "tiny_z_image_control"):
+        pytest.skip(tiny.missing("z_image"))
+    hint = torch.rand(1, *PIXELS, 3, generator=torch.Generator().manual_seed(3))
+    node = host.NODE_CLASS_MAPPINGS["ZImageFunControlnet"]()
+    model_patch = sys.modules[type(node).__module__]  # as the host loaded it
+    controlled = getattr(node, node.FUNCTION)(tiny.tiny_model("z_image"), tiny.tiny_z_image_control(),
+                                              tiny.tiny_vae(0, "z_image"), image=hint, strength=1.0)[0]
+    pos, neg = tiny.conditioning("z_image", 1), tiny.conditioning("z_image", 2)
+    encoded, encode = [], model_patch.ZImageControlPatch.encode_latent_cond
+
+    def recording(self, control_image=None, inpaint_image=None):
+        encoded.append(control_image)
+        return encode(self, control_image, inpaint_image)
+    model_patch.ZImageControlPatch.encode_latent_cond = recording
+    try:
+        sample(tiled(nodes_, controlled, 128, overlap=32, per_batch=3), latent("z_image"), pos, neg, steps=2)
+    finally:
+        model_patch.ZImageControlPatch.encode_latent_cond = encode
+    boxes = region_grid(*cells("z_image"), 16, 16, 4).boxes
+    crops = {b: hint[:, b.top * 8:b.bottom * 8, b.left * 8:b.right * 8] for b in boxes}
+    seen = []
+    for images in encoded:
+        assert images.shape[0] == 2 * 3  # cond and uncond items of 3 tiles
+        for image in images[:3]:
+            seen += [b for b, crop in crops.items() if torch.equal(image, crop[0])]
+        assert torch.equal(images[:3], images[3:])
+    assert len(seen) == len(set(seen)) == len(boxes) == 12  # each tile's crop, once in the run (two steps)
