@@ -50,7 +50,8 @@ def check_known(model_patcher, node: str) -> None:
 
 
 def patch_cells(model_patcher) -> int:
-    """Latent cells per patch side: 2 for the DiTs here, 1 for a UNet (its tiles need no alignment)."""
+    """Latent cells per patch side: the DiT's (2 for most, 1 for Flux.2), 1 for a UNet (its tiles need no
+    alignment)."""
     net, kind = model_patcher.model.diffusion_model, dit_kind(model_patcher)
     if kind == "sd3":
         return net.x_embedder.patch_size[0]
