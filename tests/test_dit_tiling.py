@@ -106,24 +106,23 @@ def recording_ids(patched, seen: list):
 
 
 def image_ids(ids: torch.Tensor, kind: str, patches: int) -> torch.Tensor | None:
-    """The image's (rows, columns) ids out of one embedder call: where the model puts them (after the text for
-    Flux and Chroma, before it for HiDream and Z-Image); None for a call without them (Z-Image's text)."""
+    """The image's ids (every axis) out of one embedder call: where the model puts them (after the text for Flux and
+    Chroma, before it for HiDream and Z-Image); None for a call without them (Z-Image's text)."""
     if kind == "z_image" and (ids.shape[1] < patches or not ids[0, :patches, 1:3].any()):
         return None
-    span = ids[:, :patches] if kind in ("hidream", "z_image") else ids[:, ids.shape[1] - patches:]
-    return span[..., 1:3]
+    return ids[:, :patches] if kind in ("hidream", "z_image") else ids[:, ids.shape[1] - patches:]
 
 
 def test_each_tiles_rope_ids_are_the_whole_images_ids_at_the_tile(tiny, nodes_, rope_kind):
-    """Through the host's own rotary embedder: each tile item's (row, column) ids are the whole image's at the
-    tile's patches (Qwen-Image's, centred, included), the other axes (index; Flux.2's text axis) untouched."""
+    """Through the host's own rotary embedder: each tile item's ids are the whole image's at the tile's patches
+    (Qwen-Image's, centred, included), on every axis (the index, Z-Image's caption offset, Flux.2's fourth)."""
     kind, t = rope_kind, TILE_PATCHES
     ph, pw = PIXELS[0] // 16, PIXELS[1] // 16
     model = tiny.tiny_model(kind)
     pos, neg = tiny.conditioning(kind, 1), tiny.conditioning(kind, 2)
     seen = []
     sample(recording_ids(model.clone(), seen), latent(kind), pos, neg, steps=1)
-    whole = next(i for i in (image_ids(ids, kind, ph * pw) for ids in seen) if i is not None)[0].reshape(ph, pw, 2)
+    whole = next(i for i in (image_ids(ids, kind, ph * pw) for ids in seen) if i is not None)[0].reshape(ph, pw, -1)
     seen.clear()
     sample(tiled(nodes_, recording_ids(model.clone(), seen), 128, overlap=32, per_batch=3), latent(kind), pos, neg,
            steps=1)
@@ -131,8 +130,8 @@ def test_each_tiles_rope_ids_are_the_whole_images_ids_at_the_tile(tiny, nodes_, 
     for ids in seen:
         found = image_ids(ids, kind, t * t)
         for item in [] if found is None else found:
-            tile = item.reshape(t, t, 2)
-            r, c = (int(tile[0, 0, i]) - int(whole[0, 0, i]) for i in (0, 1))
+            tile = item.reshape(t, t, -1)
+            r, c = (int(tile[0, 0, i]) - int(whole[0, 0, i]) for i in (1, 2))
             assert torch.equal(tile, whole[r:r + t, c:c + t])
             origins.append((r, c))
     assert len(origins) == 2 * 12 and len(set(origins)) == 12  # cond and uncond items of the 3x4 tiles, each in place
@@ -188,7 +187,7 @@ def test_each_tile_of_a_model_patch_controlnet_encodes_its_crop_of_the_hint(tiny
     """Z-Image's Fun ControlNet (a model patch, ModelPatchLoader's) resizes its whole hint to the latent it is
     called with: tiled, each tile batch's copy encodes exactly the tiles' crops of the hint, every tile once."""
     from cupscale.tiling.grid import region_grid
-    if tiny.missing("z_image") or not hasattr(tiny, "tiny_z_image_control"):
+    if tiny.missing("z_image"):
         pytest.skip(tiny.missing("z_image"))
     hint = torch.rand(1, *PIXELS, 3, generator=torch.Generator().manual_seed(3))
     node = host.NODE_CLASS_MAPPINGS["ZImageFunControlnet"]()
