@@ -1,7 +1,7 @@
 """Tiny real diffusion models built through ComfyUI's own classes, with seeded weights.
 
-SD1.5- and SDXL-shaped UNets and Flux (dev), SD3.5 and Qwen-Image DiTs (the real layouts at a few
-channels), a CLIP text encoder with the real tokenizer, and the VAEs their latent formats expect.
+SD1.5- and SDXL-shaped UNets and Flux (dev), SD3.5 and Qwen-Image DiTs, and where the host has them Flux.2
+(klein), Chroma, HiDream and Z-Image (the real layouts at a few channels), a CLIP text encoder with the real tokenizer, and the VAEs their latent formats expect.
 ComfyUI skips weight init, so every parameter is filled from a seeded generator; the same seed
 gives the same model in every process.
 
@@ -18,7 +18,9 @@ from unittest import mock
 
 import torch
 
+import comfy.ldm.chroma.model
 import comfy.ldm.flux.model
+import comfy.ldm.lumina.model
 import comfy.ldm.modules.diffusionmodules.mmdit
 import comfy.ldm.wan.vae
 import comfy.model_management
@@ -67,6 +69,36 @@ UNET = {
 # as the host's own model detection names it.
 if "txt_ids_dims" in {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}:
     UNET["flux"]["txt_ids_dims"] = []
+# The 2026 models, each where the host has it, with the settings the host's model detection gives the real one.
+if hasattr(comfy.supported_models, "Flux2"):
+    # Flux.2 klein: 128 latent channels on a x16 VAE, patch 1, four rope axes (the fourth numbers the text).
+    UNET["flux2"] = {"image_model": "flux2", "in_channels": 128, "out_channels": 128, "patch_size": 1,
+                     "context_in_dim": CONTEXT_DIM, "vec_in_dim": None, "hidden_size": 64, "num_heads": 2,
+                     "mlp_ratio": 3.0, "depth": 1, "depth_single_blocks": 1, "axes_dim": [8, 8, 8, 8], "theta": 2000,
+                     "qkv_bias": False, "guidance_embed": False, "txt_ids_dims": [3], "global_modulation": True,
+                     "mlp_silu_act": True, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0}
+# Chroma: Flux's blocks without modulation layers (an approximator makes them); in_channels counts the 2x2 patch.
+UNET["chroma"] = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "patch_size": 2,
+                  "context_in_dim": CONTEXT_DIM, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 1,
+                  "depth_single_blocks": 1, "axes_dim": [4, 14, 14], "theta": 10000, "qkv_bias": True, "in_dim": 64,
+                  "out_dim": 64, "hidden_dim": 128, "n_layers": 1, "txt_ids_dims": [], "vec_in_dim": None}
+UNET["chroma"] = {k: v for k, v in UNET["chroma"].items() if k == "image_model" or k in
+                  {f.name for f in dataclasses.fields(comfy.ldm.chroma.model.ChromaParams)}}
+# HiDream: a T5 context plus Llama layers, one per block (llama_layers picks them), rope over 3 axes summing to a head.
+UNET["hidream"] = {"image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16,
+                   "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 32, "num_attention_heads": 2,
+                   "caption_channels": [CONTEXT_DIM, CONTEXT_DIM], "text_emb_dim": POOLED_DIM,
+                   "num_routed_experts": 4, "num_activated_experts": 2, "axes_dims_rope": [16, 8, 8],
+                   "max_resolution": [128, 128], "llama_layers": [0, 1]}
+HIDREAM_LLAMA_LAYERS = 2
+if hasattr(comfy.supported_models, "ZImage") and hasattr(comfy.ldm.lumina.model.NextDiT, "embed_all"):
+    # Z-Image (Lumina 2's lineage): single-stream, text padded to 32 tokens, time-scaled modulation; its time
+    # embedding is 256 wide whatever the width, so the width is 256 (8 heads of 32).
+    UNET["z_image"] = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "n_layers": 2,
+                       "n_refiner_layers": 1, "n_heads": 8, "n_kv_heads": 8, "qk_norm": True,
+                       "cap_feat_dim": CONTEXT_DIM, "axes_dims": [8, 12, 12], "axes_lens": [1536, 512, 512],
+                       "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True,
+                       "time_scale": 1000.0, "pad_tokens_multiple": 32}
 
 CLIP_CONFIG = {"architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
                "eos_token_id": 49407, "hidden_act": "quick_gelu", "hidden_size": CONTEXT_DIM,
@@ -113,6 +145,22 @@ class TinyQwenImage(comfy.supported_models.QwenImage):
 
 
 MODELS = {"sd15": TinySD15, "sdxl": TinySDXL, "flux": TinyFlux, "sd3": TinySD3, "qwen_image": TinyQwenImage}
+HOST_CLASSES = {"flux2": "Flux2", "chroma": "Chroma", "hidream": "HiDream", "z_image": "ZImage"}
+"""The 2026 kinds, by the host's supported_models class each is made from (where the host has it)."""
+for kind, name in HOST_CLASSES.items():
+    if kind in UNET:
+        MODELS[kind] = type(f"Tiny{name}", (getattr(comfy.supported_models, name),),
+                            {"unet_config": UNET[kind], "unet_extra_config": {}})
+
+
+def missing(kind: str) -> str | None:
+    """Why this host cannot build ``kind`` (its ComfyUI lacks the model), or None."""
+    return None if kind in MODELS else f"ComfyUI {comfy_version()} lacks {HOST_CLASSES.get(kind, kind)}"
+
+
+def comfy_version() -> str:
+    import comfyui_version
+    return comfyui_version.__version__
 
 
 def is_norm_gain(name: str, p: torch.nn.Parameter) -> bool:
@@ -175,7 +223,12 @@ def tiny_clip(seed: int = 0) -> comfy.sd.CLIP:
 
 
 def latent_channels(kind: str) -> int:
-    return 4 if kind in ("sd15", "sdxl") else 16
+    return {"sd15": 4, "sdxl": 4, "flux2": 128}.get(kind, 16)
+
+
+def downscale(kind: str) -> int:
+    """Pixels per latent cell of ``kind``'s VAE: 16 for Flux.2's, 8 for the others."""
+    return 16 if kind == "flux2" else 8
 
 
 def latent_shape(kind: str, batch: int, height: int, width: int) -> tuple[int, ...]:
@@ -219,16 +272,25 @@ def tiny_wan_vae(seed: int = 0) -> comfy.sd.VAE:
 
 
 def with_guidance(kind: str, conditioning: list) -> list:
-    """CONDITIONING as FluxGuidance leaves it for Flux (3.5, its default: dev distils CFG into a guidance
-    input); other kinds' as it is."""
-    return [[c, {**extra, "guidance": 3.5}] for c, extra in conditioning] if kind == "flux" else conditioning
+    """CONDITIONING as the kind's own text nodes leave it: for Flux FluxGuidance's 3.5 (its default: dev distils CFG
+    into a guidance input); for HiDream its Llama layers beside the text (here the text itself, once per layer,
+    where the real encoder gives Llama 3.1's hidden states); other kinds' as it is."""
+    if kind == "flux":
+        return [[c, {**extra, "guidance": 3.5}] for c, extra in conditioning]
+    if kind == "hidream":
+        return [[c, {"conditioning_llama3": c[:, None].repeat(1, HIDREAM_LLAMA_LAYERS, 1, 1), **extra}]
+                for c, extra in conditioning]
+    return conditioning
 
 
 def conditioning(kind: str, seed: int, tokens: int = 77, batch: int = 1) -> list:
-    """CONDITIONING as CLIPTextEncode gives it, drawn from ``seed``: a pooled output for SDXL, SD3 and Flux,
-    and for Flux the guidance FluxGuidance sets (:func:`with_guidance`). Qwen-Image reads the text alone."""
+    """CONDITIONING as CLIPTextEncode gives it, drawn from ``seed``: a pooled output for SDXL, SD3, HiDream and the
+    Flux family (Flux.2 and Chroma ignore it, but hosts before v0.33 read one from every Flux-family conditioning),
+    and for Flux the guidance FluxGuidance sets (:func:`with_guidance`); HiDream's Llama layers beside its T5 text.
+    Qwen-Image and Z-Image read the text alone."""
     g = torch.Generator().manual_seed(seed)
-    extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=g)} if kind in ("sdxl", "sd3", "flux") else {}
+    pooled = kind in ("sdxl", "sd3", "flux", "flux2", "chroma", "hidream")
+    extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=g)} if pooled else {}
     return with_guidance(kind, [[torch.randn(batch, tokens, CONTEXT_DIM, generator=g), extra]])
 
 
@@ -239,3 +301,16 @@ def tiny_controlnet(kind: str = "sd15", seed: int = 0):
     config = {k: v for k, v in UNET[kind].items() if k not in ("out_channels", "transformer_depth_output")}
     net = seeded_fill(comfy.cldm.cldm.ControlNet(hint_channels=3, **config), seed)
     return comfy.controlnet.ControlNet(control_model=net, load_device=comfy.model_management.get_torch_device())
+
+
+def tiny_z_image_control(seed: int = 0):
+    """A MODEL_PATCH as ModelPatchLoader gives Z-Image's Fun ControlNet Union 2.1 (15 control layers, the
+    inpainting inputs, refiner control): the host's ZImage_Control at the tiny Z-Image's width."""
+    import comfy.ldm.lumina.controlnet
+    import comfy.ops
+    net = comfy.ldm.lumina.controlnet.ZImage_Control(
+        dim=UNET["z_image"]["dim"], n_heads=UNET["z_image"]["n_heads"], n_kv_heads=UNET["z_image"]["n_kv_heads"],
+        n_control_layers=15, additional_in_dim=17, refiner_control=True, operations=comfy.ops.manual_cast)
+    seeded_fill(net, seed)
+    return comfy.model_patcher.CoreModelPatcher(net, load_device=comfy.model_management.get_torch_device(),
+                                                offload_device=comfy.model_management.unet_offload_device())

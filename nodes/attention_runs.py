@@ -65,6 +65,16 @@ def capture_model_kwargs(model, conditioning: list, low: torch.Tensor, noise: to
                               for k, c in conds[0]["model_conds"].items()}])
 
 
+def text_as_model_reads(model_patcher, clip, prompt: str) -> torch.Tensor:
+    """A region prompt as a DiT reads its text: encoded as CLIPTextEncode encodes it, then through the model's own
+    extra_conds, as the sampler passes the global prompt (Flux.2 pads every prompt to 512 tokens there)."""
+    embedding, pooled = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
+    latent_format = model_patcher.model.latent_format
+    low = torch.zeros(1, latent_format.latent_channels, *[1] * (latent_format.latent_dimensions - 2), 16, 16)
+    kwargs = capture_model_kwargs(model_patcher.model, [[embedding, {"pooled_output": pooled}]], low, low, 0)
+    return kwargs["c_crossattn"]
+
+
 class AttentionPrior:
     """The prior's wrappers: a PriorRun per sampling run, and the capture pass once per sigma in the step range."""
 

@@ -19,10 +19,13 @@ import comfy.samplers as samplers
 import comfy.utils as comfy_utils
 import folder_paths
 from comfy.ldm.flux.math import rope as flux_rope
+from comfy.ldm.chroma.model import Chroma
 from comfy.ldm.flux.model import Flux
+from comfy.ldm.hidream.model import HiDreamImageTransformer2DModel
+from comfy.ldm.lumina.model import NextDiT
 from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
 from comfy.ldm.modules.diffusionmodules.openaimodel import (Downsample, TimestepBlock, TimestepEmbedSequential,
-                                                            Upsample)
+                                                            UNetModel, Upsample)
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 from comfy.patcher_extension import WrappersMP
@@ -30,5 +33,6 @@ from comfy_api.latest import ComfyExtension, io
 
 __all__ = ["cldm", "controlnet", "attention", "model_base", "model_management", "model_patcher", "model_sampling",
            "ops", "sampler_helpers", "samplers", "comfy_utils", "folder_paths", "flux_rope", "Flux", "MMDiT",
+           "Chroma", "HiDreamImageTransformer2DModel", "NextDiT", "UNetModel",
            "Downsample", "TimestepBlock", "TimestepEmbedSequential", "Upsample", "timestep_embedding",
            "QwenImageTransformer2DModel", "WrappersMP", "ComfyExtension", "io"]

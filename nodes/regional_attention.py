@@ -14,12 +14,12 @@ from ..cupscale.latents import layout
 from ..cupscale.priors.composer import ComposerSettings, RegionTexts, from_region_prompts, parse_region_text
 from ..cupscale.schedule import check_percent_range
 from .attention_router import COMPOSER_KEY, PRIOR_KEY, AttentionRouter, routers
-from .attention_runs import AttentionPrior, Composer
+from .attention_runs import AttentionPrior, Composer, text_as_model_reads
 from .host import WrappersMP, io
 from .inputs import advanced, check_numbers, percent_range_inputs, widget_names, widgets_valid
 from .tiled_sampling import latent_ratio
 from .dit_positions import dit_kind
-from .joint_blocks import JointBlockRouter, context_channels, joint_blocks, joint_routers
+from .joint_blocks import add_joint_router, context_channels, joint_blocks, joint_routers
 from .unet_layers import BLOCKS, RESOLUTIONS, select_layers
 
 
@@ -129,7 +129,7 @@ class RegionalAttentionPrior(io.ComfyNode):
         patched = model.clone()
         for layer, module in layers:
             if dit:
-                patched.set_model_patch_replace(JointBlockRouter(layer), "dit", layer.block, layer.number)
+                add_joint_router(patched, layer)
             else:
                 patched.set_model_attn2_replace(AttentionRouter(layer, module), layer.block, layer.number, layer.index)
         for kind, fn in ((WrappersMP.OUTER_SAMPLE, prior.outer_sample), (WrappersMP.CALC_COND_BATCH, prior.calc_cond_batch)):
@@ -188,7 +188,8 @@ class AttentionComposer(io.ComfyNode):
                              "RegionalAttentionPrior -> AttentionComposer (it composes in the layers the prior patches).")
         check_numbers(cls, weight=weight)
         texts = region_texts(region_prompts, text)
-        encoded = {prompt: clip.encode_from_tokens(clip.tokenize(prompt)) for prompt in dict.fromkeys(texts.prompts)}
+        encoded = {prompt: text_as_model_reads(model, clip, prompt) if dit else clip.encode_from_tokens(clip.tokenize(prompt))
+                   for prompt in dict.fromkeys(texts.prompts)}
         channels = context_channels(model) if dit else routers(model)[0].attn2.to_k.in_features
         check_context("The CLIP's text embedding", next(iter(encoded.values())).shape[-1], channels,
                       "connect the text encoder of the model's checkpoint.")

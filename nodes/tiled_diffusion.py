@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..cupscale.guards import check_finite, check_not_empty
 from ..cupscale.tiling.grid import check_tile_settings
-from .dit_positions import add_position_patches, dit_kind, patch_cells
+from .dit_positions import add_position_patches, check_known, dit_kind, patch_cells
 from .host import WrappersMP, io
 from .host_services import add_block_checks
 from .inputs import advanced, check_numbers, tile_inputs, widget_names, widgets_valid
@@ -35,8 +35,9 @@ class TiledBlendedDiffusion(io.ComfyNode):
                          "them with feathered weights (MultiDiffusion). Tiles larger than the latent are clamped "
                          "to it. With a mask, the area outside it stays the sampled latent (blended diffusion); "
                          "background_lowpass > 0 keeps only its low frequencies there (Multi-Stage Blended "
-                         "Diffusion). On SDXL each tile is conditioned as a crop of the whole image; on Flux, SD3 and "
-                         "Qwen-Image each tile is positioned where it lies in the whole image."),
+                         "Diffusion). On SDXL each tile is conditioned as a crop of the whole image; on Flux, Flux.2, "
+                         "SD3, Qwen-Image, Chroma, HiDream and Z-Image each tile is positioned where it lies in the "
+                         "whole image."),
             inputs=[
                 io.Model.Input("model"),
                 *tile_inputs("Tile", "the model's native size; neighbouring tiles cross-fade over the overlap"),
@@ -54,9 +55,9 @@ class TiledBlendedDiffusion(io.ComfyNode):
                                                   "target size stay the image's). Off: every tile gets the "
                                                   "conditioning's own crop. Other models ignore it.")),
                 advanced(io.Boolean.Input("dit_tile_positions", default=True, optional=True,
-                                          tooltip="Flux, SD3, Qwen-Image: each tile's positional embedding is "
-                                                  "that of its place in the whole image, so neighbouring tiles "
-                                                  "agree where things are. Off: every tile is positioned as an "
+                                          tooltip="DiTs (Flux, SD3, Qwen-Image, Chroma, HiDream, Z-Image): each "
+                                                  "tile's positional embedding is that of its place in the whole "
+                                                  "image, so neighbouring tiles agree where things are. Off: every tile is positioned as an "
                                                   "image of its own, within the trained range at any output size "
                                                   "(DiTPositionExtrapolation then reads the tile's size). UNets "
                                                   "ignore it.")),
@@ -94,6 +95,7 @@ class TiledBlendedDiffusion(io.ComfyNode):
         if tiles_per_batch < 0:
             raise ValueError(f"tiles_per_batch = {tiles_per_batch} must be 0 (automatic) or a number of tiles.")
         check_numbers(cls, background_lowpass=background_lowpass)
+        check_known(model, "TiledBlendedDiffusion")
         ratio = latent_ratio(model)
         check_patch_multiples(model, ratio, tile_width=tile_width, tile_height=tile_height, overlap=overlap)
         devices = extra_devices(model, named_devices(devices))

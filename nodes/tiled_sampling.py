@@ -180,6 +180,8 @@ class TiledDiffusion:
                 tile_cond["y"] = micro_conditioning.with_tile_crops(tile_cond["y"], crops, batch.indices, chunks)
             tile_t = repeat_per_tile(t, chunks, len(batch.indices))
             options = {**transformer_options, TILES_KEY: batch}
+            if transformer_options.get("patches"):
+                options["patches"] = hints.model_patches(transformer_options["patches"], batch, chunks)
             tile_control = control
             if isinstance(control, ControlRequest):
                 control_cond = {k: tile_value(v, x, batch.boxes, chunks) for k, v in control.cond.items()}

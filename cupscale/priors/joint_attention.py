@@ -60,8 +60,10 @@ def text_attention(q_img: torch.Tensor, k_txt: torch.Tensor, v_txt: torch.Tensor
 
 def capture_text(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int,
                  grid_hw: tuple[int, int]) -> CapturedText:
-    """(RAP) of one joint block on the low-res pass: O_txt of the image queries as (b, heads, d, h_L, w_L)."""
-    o_txt = text_attention(q[:, :, text:], k[:, :, :text], v[:, :, :text])
+    """(RAP) of one joint block on the low-res pass: O_txt of the image queries (the h_L*w_L after the text; any
+    tokens after them are padding) as (b, heads, d, h_L, w_L)."""
+    image = grid_hw[0] * grid_hw[1]
+    o_txt = text_attention(q[:, :, text:text + image], k[:, :, :text], v[:, :, :text])
     b, h, n, d = o_txt.shape
     return CapturedText(o_txt.transpose(-1, -2).reshape(b, h, d, *grid_hw).to(q.dtype).contiguous())
 
@@ -86,8 +88,10 @@ def read_text_prior(captured: CapturedText, where: ItemRegions, tokens_hw: tuple
 def joint_prior_attention(attend: Attend4, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text: int,
                           prior: torch.Tensor, weight: float) -> torch.Tensor:
     """(joint RAP) for a batch of items: the joint attention with the image queries' text part moved towards
-    ``prior`` (Ô_txt, (batch, heads, image tokens, d)) by ``weight``. Text queries keep theirs."""
+    ``prior`` (Ô_txt, (batch, heads, image tokens, d)) by ``weight``. Text queries, and any padding after the image
+    (Z-Image's), keep theirs."""
     out, share = attention_with_text_share(attend, q, k, v, text)
-    own = text_attention(q[:, :, text:], k[:, :, :text], v[:, :, :text])
-    image = out[:, :, text:] + (share[:, :, text:].float() * weight * (prior - own)).to(out.dtype)
-    return torch.cat([out[:, :, :text], image], dim=2)
+    end = text + prior.shape[2]
+    own = text_attention(q[:, :, text:end], k[:, :, :text], v[:, :, :text])
+    image = out[:, :, text:end] + (share[:, :, text:end].float() * weight * (prior - own)).to(out.dtype)
+    return torch.cat([out[:, :, :text], image, out[:, :, end:]], dim=2)

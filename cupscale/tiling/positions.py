@@ -1,6 +1,7 @@
 """A DiT tile's place in the whole image, as its positional embeddings carry it.
 
-A DiT knows where each patch lies only from its positional embedding: RoPE ids (Flux, Qwen-Image) or a
+A DiT knows where each patch lies only from its positional embedding: RoPE ids (Flux, Flux.2, Qwen-Image,
+Chroma, HiDream, Z-Image) or a
 learned table cropped around its centre (SD3). Run alone, a tile at the bottom right gets the ids of an
 image's top left, and its neighbours disagree about what lies where. Here each batch item's ids (or
 table crop) are those of its tile's patches inside the whole latent, so overlapping tiles see the same
@@ -34,6 +35,13 @@ def id_offsets(origins: tuple[tuple[int, int], ...], shift: tuple[int, int] = (0
     offsets = torch.zeros(len(origins), 1, axes)
     offsets[:, 0, 1:3] = torch.tensor(origins, dtype=torch.float32) + torch.tensor(shift, dtype=torch.float32)
     return offsets
+
+
+def grid_ids(hw: tuple[int, int]) -> torch.Tensor:
+    """(h*w, 2): the (row, column) ids an image of ``hw`` patches gives its patches, row-major, from (0, 0): how a
+    tile run alone is numbered by the models that build their ids inline (Chroma, HiDream, Z-Image)."""
+    rows, cols = torch.meshgrid(torch.arange(hw[0]), torch.arange(hw[1]), indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten()], dim=-1).float()
 
 
 def centred_shift(tile_hw: tuple[int, int], whole_hw: tuple[int, int]) -> tuple[int, int]:
