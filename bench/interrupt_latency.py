@@ -83,7 +83,7 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def measure(name: str, unit: str, make_work, trials: int, rng: random.Random) -> list:
+def measure(name: str, unit: str, make_work, trials: int, rng: random.Random, interrupt=None) -> list:
     """One row: an uninterrupted run (the longest stretch between its checks is the worst latency), then
     ``trials`` interrupts at random moments within it, and the resident memory after them against after
     the uninterrupted run (what an interrupted run leaves behind)."""
@@ -97,7 +97,7 @@ def measure(name: str, unit: str, make_work, trials: int, rng: random.Random) ->
     settled = rss_mib()
     latencies = []
     for _ in range(trials):
-        stop = Interrupt()
+        stop = (interrupt or Interrupt)()
         latencies.append(stop.latency(make_work(stop), rng.uniform(0.1, 0.8) * whole))
     left = rss_mib() - settled
     print(f"{name}: whole {whole:.2f} s, {checks.calls} checks, latencies {[round(x, 3) for x in latencies]}",
@@ -167,6 +167,51 @@ def tiles_row(trials: int, rng: random.Random, per_batch: int, block_checks: boo
                    make_work, trials, rng)
 
 
+def host_tiles_row(trials: int, rng: random.Random, per_batch: int) -> list:
+    """TiledBlendedDiffusion itself on the host (``COMFYUI_PATH``): the node's patched clone of ComfyUI's own SD1.5
+    UNet (fp32, seeded), one model evaluation of 4 tiles of 512 px, cancelled as the UI cancels (the host's
+    interrupt flag), every check the node makes counted: the tile loop's and its UNet block patches'."""
+    from harness import comfy_host
+    comfy_host.boot()
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import nodes
+
+    from harness.real_models import model_config
+    from harness.tiny_models import seeded_fill
+    config = model_config("sd15")
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({}, device="cpu")
+    seeded_fill(model.diffusion_model, 0)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"),
+                                               offload_device=torch.device("cpu"))
+    tiled = nodes.NODE_CLASS_MAPPINGS["TiledBlendedDiffusion"]().execute(patcher, 512, 512, 128, per_batch)[0]
+    options = {**tiled.model_options["transformer_options"], "wrappers": tiled.wrappers, "cond_or_uncond": [0]}
+    x, text = torch.randn(1, 4, 112, 112), torch.randn(1, 77, 768)
+    check = mm.throw_exception_if_processing_interrupted
+
+    def make_work(stop):
+        def work():
+            mm.throw_exception_if_processing_interrupted = lambda: (stop(), check())
+            try:
+                with torch.inference_mode():
+                    model.apply_model(x, torch.tensor([1.0]), c_crossattn=text, transformer_options=options)
+            except mm.InterruptProcessingException:
+                raise Interrupted from None
+            finally:
+                mm.throw_exception_if_processing_interrupted = check
+                mm.interrupt_current_processing(False)
+        return work
+
+    class HostInterrupt(Interrupt):
+        def __call__(self):
+            if self.at is not None:
+                mm.interrupt_current_processing(True)
+    return measure(f"TiledBlendedDiffusion on ComfyUI's SD1.5 UNet ({comfy_host.release()}), 4 tiles of 512 px, "
+                   f"{per_batch} a batch", "a UNet block (the node's block patches), and a batch", make_work,
+                   trials, rng, interrupt=HostInterrupt)
+
+
 def endpoint_row(trials: int, rng: random.Random) -> list:
     from PIL import Image
 
@@ -229,7 +274,9 @@ def vlm_row(trials: int, rng: random.Random) -> list:
 
 
 ROWS = {"liif": liif_row, "tiles": lambda t, r: tiles_row(t, r, 1), "tiles4": lambda t, r: tiles_row(t, r, 4),
-        "tiles4-blocks": lambda t, r: tiles_row(t, r, 4, block_checks=True), "endpoint": endpoint_row, "vlm": vlm_row}
+        "tiles4-blocks": lambda t, r: tiles_row(t, r, 4, block_checks=True),
+        "host-tiles4": lambda t, r: host_tiles_row(t, r, 4), "host-tiles1": lambda t, r: host_tiles_row(t, r, 1),
+        "endpoint": endpoint_row, "vlm": vlm_row}
 
 
 def main() -> None:

@@ -160,11 +160,12 @@ def pixels(path: Path) -> bytes:
         return im.size, im.tobytes()
 
 
-def report(s, tag: str = "", with_models: dict | None = None, clear: bool = False) -> dict:
+def report(s, tag: str = "", with_models: dict | None = None, clear: bool = False, trim: bool = False) -> dict:
     """The server's StateReport: rss, caches, and the state of MODELs (``with_models``: input -> link)."""
     prompt = {**(with_models or {}).get("graph", {}),
               "report": {"class_type": "CupscaleStateReport",
-                         "inputs": {"tag": tag, "clear_caption_cache": clear, **{k: v for k, v in (with_models or {}).items() if k != "graph"}}}}
+                         "inputs": {"tag": tag, "clear_caption_cache": clear, "trim_heap": trim,
+                                    **{k: v for k, v in (with_models or {}).items() if k != "graph"}}}}
     entry = run(s, prompt)
     return json.loads(entry["outputs"]["report"]["text"][0])
 
@@ -535,10 +536,29 @@ def schema_bases() -> dict[str, tuple[dict, str]]:
 
 
 @dataclass
+class Settled:
+    """The server at rest, its caches freed and its prompt history cleared: resident memory, then the same once the
+    C allocator has returned what it keeps of freed memory, and the Python objects alive."""
+    rss: int
+    trimmed: int
+    objects: int
+
+
+def settled(s) -> Settled:
+    free(s)
+    post_only(s, "/history", {"clear": True})  # the host keeps every prompt (5 MB texts included) until cleared
+    report(s, "free")  # the worker applies /free after the prompt it is running: this one
+    untrimmed = report(s, "rest")
+    trimmed = report(s, "trimmed", trim=True)
+    post_only(s, "/history", {"clear": True})
+    return Settled(untrimmed["rss"], trimmed["rss"], trimmed["objects"])
+
+
+@dataclass
 class SchemaSuite:
     verdicts: list = field(default_factory=list)
-    rss_before: int = 0
-    rss_after: int = 0
+    before: Settled | None = None
+    after: Settled | None = None
     seconds: float = 0.0
 
 
@@ -558,8 +578,7 @@ def schema_suite(s, log=print) -> SchemaSuite:
         canary["ks"]["inputs"]["seed"] = 1000 + seed
     for graph, _ in schema_bases().values():  # warm-up: each node's code and tiny models loaded once, as in use
         run(s, graph, 120)
-    free(s)
-    suite, start = SchemaSuite(rss_before=rss(s)), time.perf_counter()
+    suite, start = SchemaSuite(before=settled(s)), time.perf_counter()
     for i, case in enumerate(all_cases):
         try:
             where, at, message = answer(s, case.prompt)
@@ -577,8 +596,8 @@ def schema_suite(s, log=print) -> SchemaSuite:
         suite.verdicts.append(verdict)
         if verdict.fault:
             log(f"  {case.name}: {verdict.fault}: {where} at {at}: {message.strip()[:160]}")
-    free(s)
-    suite.rss_after, suite.seconds = rss(s), time.perf_counter() - start
+    suite.seconds = time.perf_counter() - start
+    suite.after = settled(s)
     return suite
 
 
@@ -703,8 +722,13 @@ def tables(result: Soak | None, stops: list[Interrupt], faults: list[Fault], cli
         lines += [f"| {node} | {n} | {bad} |" for node, (n, bad) in sorted(counts(suite.verdicts).items())]
         lines += [f"| all, in {suite.seconds:.0f} s | {len(suite.verdicts)} | "
                   f"{sum(v.fault is not None for v in suite.verdicts)} |",
-                  "", f"| server RSS before / after the cases (caches freed) | {mib(suite.rss_before)} / "
-                  f"{mib(suite.rss_after)} ({(suite.rss_after - suite.rss_before) / 2 ** 20:+.0f} MiB) |"]
+                  "", "| server at rest (caches freed, history cleared) | before the cases | after | change |",
+                  "|---|---|---|---|"]
+        a, b = suite.before, suite.after
+        lines += [f"| resident memory | {mib(a.rss)} | {mib(b.rss)} | {(b.rss - a.rss) / 2 ** 20:+.0f} MiB |",
+                  f"| resident memory, freed heap returned (malloc_trim) | {mib(a.trimmed)} | {mib(b.trimmed)} | "
+                  f"{(b.trimmed - a.trimmed) / 2 ** 20:+.0f} MiB |",
+                  f"| Python objects alive | {a.objects:,} | {b.objects:,} | {b.objects - a.objects:+,} |"]
     if clients:
         lines += ["", f"| concurrent clients | {len(clients)} | each got only its own results | "
                   f"{all(ok for _, ok in clients)} |"]

@@ -3,6 +3,8 @@ keeps a prompt's intermediate values for the tests to read, a report of the serv
 shapes no core node makes (the hostile-input suite)."""
 from __future__ import annotations
 
+import ctypes
+
 from comfy.comfy_types import IO
 
 from harness import tiny_models
@@ -77,24 +79,29 @@ class StateReport:
     def INPUT_TYPES(cls):
         return {"required": {"tag": ("STRING", {"default": ""}),
                              "clear_caption_cache": ("BOOLEAN", {"default": False})},
-                "optional": {"shared": ("MODEL",), "patched": ("MODEL",)}}
+                "optional": {"shared": ("MODEL",), "patched": ("MODEL",),
+                             "trim_heap": ("BOOLEAN", {"default": False})}}
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
         return float("nan")  # always runs: a report of now
 
-    def report(self, tag, clear_caption_cache=False, shared=None, patched=None):
+    def report(self, tag, clear_caption_cache=False, shared=None, patched=None, trim_heap=False):
         import gc
         import json
 
         import psutil
         gc.collect()
+        if trim_heap:  # what the C allocator keeps of freed memory goes back to the system (glibc)
+            trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+            if trim is not None:
+                trim(0)
         caption = pack_module(".cupscale.captioning.cache").CACHE
         if clear_caption_cache:  # the next run asks the VLM again: an interrupt can then fall in captioning
             caption.clear()
         grids = pack_module(".cupscale.priors.attention_prior").sampling_grid.cache_info()
         peaks = pack_module(".cupscale.lru").PEAKS
-        doc = {"tag": tag, "rss": psutil.Process().memory_info().rss,
+        doc = {"tag": tag, "rss": psutil.Process().memory_info().rss, "objects": len(gc.get_objects()),
                "caches": {"caption cache": {"entries": len(caption), "max_entries": caption.max_entries},
                           "sampling grids": {"entries": grids.currsize, "max_entries": grids.maxsize},
                           "peaks": peaks},

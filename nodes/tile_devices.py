@@ -63,19 +63,19 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return a.type == b.type and (a.index or index) == (b.index or index)
 
 
-def extra_devices(model_patcher, devices: list[torch.device]) -> list[torch.device]:
+def extra_devices(model, devices: list[torch.device]) -> list[torch.device]:
     """The devices beyond the model's own that its tiles should use: ``devices`` less one entry for the
     model's device, which must be among them (the merge runs there)."""
     if len(devices) <= 1:
-        if devices and not same_device(devices[0], model_patcher.load_device):
-            raise ValueError(f"devices = {devices[0]}: the model runs on {model_patcher.load_device}; name it "
-                             f"first and the others after it, e.g. '{model_patcher.load_device}, {devices[0]}'.")
+        if devices and not same_device(devices[0], model.load_device):
+            raise ValueError(f"devices = {devices[0]}: the model runs on {model.load_device}; name it "
+                             f"first and the others after it, e.g. '{model.load_device}, {devices[0]}'.")
         if devices:
             logging.info("TiledBlendedDiffusion: one device (%s) named: its tiles run there.", devices[0])
         return []
-    own = next((i for i, d in enumerate(devices) if same_device(d, model_patcher.load_device)), None)
+    own = next((i for i, d in enumerate(devices) if same_device(d, model.load_device)), None)
     if own is None:
-        raise ValueError(f"devices: the model runs on {model_patcher.load_device}, which is not among "
+        raise ValueError(f"devices: the model runs on {model.load_device}, which is not among "
                          f"{', '.join(map(str, devices))}; add it (the tiles are merged there).")
     return devices[:own] + devices[own + 1:]
 
@@ -102,16 +102,16 @@ def without_replicas(replica):
     return replica
 
 
-def matched_replicas(model_patcher) -> list:
-    """Each replica with the patches of ``model_patcher`` (the model being sampled), on its own device and
-    weights; set back as the additional models the host loads for this run."""
-    replicas = model_patcher.get_additional_models_with_key(KEY)
+def matched_replicas(sampled) -> list:
+    """Each replica with the patches of ``sampled`` (the model being sampled), on its own device and weights; set
+    back as the additional models the host loads for this run."""
+    replicas = sampled.get_additional_models_with_key(KEY)
     if not replicas:
         return []
     matched = []
     for replica in replicas:
-        clone = model_patcher.clone(model_override=replica.get_clone_model_override())
+        clone = sampled.clone(model_override=replica.get_clone_model_override())
         clone.load_device = replica.load_device
         matched.append(without_replicas(clone))
-    model_patcher.set_additional_models(KEY, matched)
+    sampled.set_additional_models(KEY, matched)
     return matched

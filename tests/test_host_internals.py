@@ -35,6 +35,7 @@ INTERNALS = [
     "comfy.ldm.modules.diffusionmodules.util.timestep_embedding",
     "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel",
     "comfy.model_base.SDXL",
+    "comfy.model_management",  # read for what newer releases add (get_all_torch_devices)
     "comfy.model_management.free_memory",
     "comfy.model_management.get_free_memory",
     "comfy.model_management.get_torch_device",
