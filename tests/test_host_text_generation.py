@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-import tiny_vlms
 from harness.comfy_host import PromptError, new_executor, run_prompt
-from host_helpers import pack_module
+from host_helpers import host_generates_text, pack_module  # noqa: F401  (the first is read by skipif)
 
 H, W, TILE, OVERLAP = 112, 144, 64, 16  # a 2x3 grid of regions
-
-
-def host_generates() -> bool:
-    import comfy.sd
-    return callable(getattr(comfy.sd.CLIP, "generate", None))
 
 
 def captioner_graph(clip_node: dict) -> dict:
@@ -29,23 +23,14 @@ def captioner_graph(clip_node: dict) -> dict:
     }
 
 
-@pytest.fixture
-def text_encoders(host, tmp_path, monkeypatch):
-    """models/text_encoders holding the tiny Qwen3-VL file, the host sized to read it."""
-    import folder_paths
-    tiny_vlms.shrink_host_qwen3vl(monkeypatch)
-    tiny_vlms.host_qwen3vl(tmp_path / "text_encoders" / "tiny-qwen3vl.safetensors")
-    folder_paths.add_model_folder_path("text_encoders", str(tmp_path / "text_encoders"))
-    pack_module(host, "cupscale.captioning.cache").CACHE.clear()
-    return tmp_path / "text_encoders"
-
-
-@pytest.mark.skipif("not host_generates()", reason="this ComfyUI has no text generation (v0.33.0 has it)")
-def test_captioner_runs_on_a_clip_loaded_vlm_through_the_hosts_text_generation(text_encoders, host, monkeypatch):
+@pytest.mark.skipif("not host_generates_text()", reason="this ComfyUI has no text generation (v0.33.0 has it)")
+def test_captioner_runs_on_a_clip_loaded_vlm_through_the_hosts_text_generation(qwen3vl_text_encoder, host,
+                                                                                 monkeypatch):
     """Load CLIP reads a Qwen3-VL file; VLM from CLIP hands it to the captioner, which asks the host's
     CLIP.tokenize(image=...) / generate / decode once per region and twice for XPSR's descriptions, each call
     with one image, and writes a prompt per region."""
     import comfy.sd
+    pack_module(host, "cupscale.captioning.cache").CACHE.clear()
     calls = []
     generate = comfy.sd.CLIP.generate
 
@@ -54,7 +39,7 @@ def test_captioner_runs_on_a_clip_loaded_vlm_through_the_hosts_text_generation(t
         calls.append(([e["type"] for e in embeds], tuple(embeds[0]["data"].shape), kw))
         return generate(self, tokens, **kw)
     monkeypatch.setattr(comfy.sd.CLIP, "generate", spy)
-    graph = captioner_graph({"class_type": "CLIPLoader", "inputs": {"clip_name": "tiny-qwen3vl.safetensors",
+    graph = captioner_graph({"class_type": "CLIPLoader", "inputs": {"clip_name": qwen3vl_text_encoder,
                                                                    "type": "stable_diffusion"}})
     executor = new_executor()  # one server: the loaded CLIP stays in its cache between prompts
     out = run_prompt(graph, executor)
@@ -70,7 +55,7 @@ def test_captioner_runs_on_a_clip_loaded_vlm_through_the_hosts_text_generation(t
     assert len(calls) == 8
 
 
-@pytest.mark.skipif("host_generates()", reason="this ComfyUI has text generation")
+@pytest.mark.skipif("host_generates_text()", reason="this ComfyUI has text generation")
 def test_vlm_from_clip_says_this_comfyui_needs_text_generation(host):
     graph = captioner_graph({"class_type": "CupscaleTinyCheckpointLoader", "inputs": {"kind": "sd15", "seed": 0}})
     graph["vlm"]["inputs"]["clip"] = ["clip", 1]
