@@ -271,6 +271,24 @@ def test_rarely_changed_widgets_hide_until_show_advanced_and_are_still_saved(pag
     assert state["saved"] == saved
 
 
+def test_a_captioner_saved_before_the_vlm_loaders_keeps_its_settings_and_says_which_loader_to_add(page):
+    """A UI workflow saved before the loaders: the captioner's 27 widget values (backend, local_model,
+    endpoint_url, endpoint_model, today's 15, then device ... retries) land in today's widgets in place, and the
+    node says which loader to add with which settings."""
+    ui = json.loads((TEMPLATES / "caption_regions.json").read_text())
+    node = next(n for n in ui["nodes"] if n["type"] == "MLLMRegionCaptioner")
+    today = list(node["widgets_values"])
+    node["widgets_values"] = ["local model", "Qwen2.5-VL-3B-Instruct", "http://127.0.0.1:11434/v1", "", *today,
+                              "auto", "auto", 4, "unload", "", False, 120.0, 2]
+    captioner = load_workflow(page, ui)["MLLMRegionCaptioner"]
+    state = page.evaluate(f"""(id) => {{
+        const node = {APP}.graph.getNodeById(id)
+        return {{values: node.serialize().widgets_values, note: node.cupscaleMigrated}}
+    }}""", captioner)
+    assert state["values"] == today
+    assert "add a Local VLM Loader with local_model = Qwen2.5-VL-3B-Instruct and connect" in state["note"]
+
+
 def test_each_stage_of_the_blended_edit_shows_the_size_it_samples(page):
     """Multi-stage edit of the 72x40 input: stages at 1/2, 3/4 and full size, cut to whole latent cells."""
     load_workflow(page, "edit_multistage_blended.json")
