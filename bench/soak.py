@@ -495,6 +495,8 @@ def hostile_cases(endpoints: dict[str, Endpoint]) -> list[tuple[str, dict, str, 
 PLANTED = {"truncated.pth": "truncated", "not_tensors.pth": "of non-tensors", "text.safetensors": "not safetensors",
            "runs_code.pth": "that runs code"}
 """The hostile files build_models plants beside the tiny ones, by what they are."""
+WITHOUT_CASES = {"CLIPVLMLoader"}
+"""Nodes whose only input is a link no client can make hostile (a CLIP): a base graph, and no cases."""
 CHECKED_BEFORE_RUN = {"LocalVLMLoader": "local_model", "CLIPRerank": "clip_model",
                       "SFAControlNetLoader": "controlnet"}
 """Nodes whose validate_inputs names their downloaded file alone (the host files a failed check under every
