@@ -35,6 +35,12 @@ def vlm_output() -> io.Output:
     return io.Custom(VLM_TYPE).Output(display_name="vlm")
 
 
+def make_room(model: torch.nn.Module, device: torch.device) -> None:
+    """ComfyUI unloads its models (a diffusion model, a text encoder) until the VLM fits, as it does for its own
+    models before loading one."""
+    model_management.free_memory(model_management.module_size(model) * 1.2, device)
+
+
 def model_path(name: str) -> str:
     path = model_folder_path(LLM_FOLDER, name)
     if path is None:
@@ -97,10 +103,10 @@ class LocalVLMLoader(io.ComfyNode):
             if hf_repo_id.strip():
                 cache_dir = os.path.join(folder_paths.get_folder_paths(LLM_FOLDER)[0], ".hf_cache")
                 backend = LocalVLM(hub_repo_id(hf_repo_id), torch_device, dtype, batch_size, allow_download,
-                                   cache_dir, stop=stop_if_interrupted)
+                                   cache_dir, stop=stop_if_interrupted, make_room=make_room)
             else:
                 backend = LocalVLM(model_path(local_model), torch_device, dtype, batch_size,
-                                   stop=stop_if_interrupted)
+                                   stop=stop_if_interrupted, make_room=make_room)
         return io.NodeOutput(VLM(backend, offload=AFTER_USE[after_use]))
 
 

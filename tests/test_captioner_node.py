@@ -343,3 +343,16 @@ def test_unreachable_endpoint_says_what_to_set(captioner, endpoint):
         with pytest.raises(RuntimeError, match=rf"could not reach the endpoint at http://127.0.0.1:{port}/v1/chat/"
                                                r"completions .*set endpoint_url"):
             captioner(vlm=endpoint(f"http://127.0.0.1:{port}", retries=0))
+
+
+def test_the_local_loader_makes_room_through_comfyuis_model_management(llm_dir, host, load_vlm, monkeypatch):
+    """On an accelerator the Local VLM Loader's model asks ComfyUI to free what its model management would free
+    for one of its own models of that size (model_management.free_memory)."""
+    vlm_module = pack_module(host, "nodes.vlm")
+    freed = []
+    monkeypatch.setattr(vlm_module.model_management, "free_memory", lambda need, device: freed.append((need, device)))
+    vlm = load_vlm()
+    assert vlm.backend.make_room is vlm_module.make_room and vlm.offload is False
+    model = torch.nn.Linear(100, 10)  # 1,010 float32 parameters
+    vlm.backend.make_room(model, torch.device("cuda"))
+    assert freed == [(1010 * 4 * 1.2, torch.device("cuda"))]
