@@ -286,3 +286,17 @@ def test_requests_a_stop_left_behind_are_not_tried_again():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_local_model_asks_for_room_on_an_accelerator_before_it_moves_there(tmp_path):
+    """``make_room`` (the host's model management) is given the model read to the CPU, with its size known,
+    before it moves to a device that is not the CPU; on the CPU nothing is asked."""
+    folder = str(tiny_vlms.llava(tmp_path / "llava"))
+    asked = []
+    on_cpu = LocalVLM(folder, "cpu", make_room=lambda model, device: asked.append(device))
+    on_cpu.load()
+    assert asked == []
+    vlm = LocalVLM(folder, torch.device("meta"), dtype="float32",
+                   make_room=lambda model, device: asked.append((next(model.parameters()).device.type, device.type)))
+    vlm.load()
+    assert asked == [("cpu", "meta")] and next(vlm.model.parameters()).device.type == "meta"

@@ -1,8 +1,10 @@
 """Multimodal LLM backends for :mod:`cupscale.captioning.captioner`: a local transformers model or an endpoint.
 
 Users run captioning models either in-process (a model folder: LLaVA 1.5/NeXT, Qwen2-VL,
-Qwen2.5-VL, Idefics3/SmolVLM, ...) or behind a local server that speaks the OpenAI chat API
-(Ollama, llama.cpp, LM Studio, vLLM). Both answer one instruction about each of a few images.
+Qwen2.5-VL, Idefics3/SmolVLM, ...), behind a local server that speaks the OpenAI chat API
+(Ollama, llama.cpp, LM Studio, vLLM), or through an application's own text generation
+(:class:`GeneratedText`: ComfyUI's CLIP-loaded Qwen-VL or Gemma). All answer one instruction about each
+of a few images.
 Errors name the fields ``model_folder`` / ``repo_id`` (the local model's source), ``model_folders``
 (where model folders live), ``base_url`` and ``model`` (the endpoint's), and the other settings by
 their parameter names. Both take a ``stop`` callable (the host's interrupt check), which raises to end
@@ -43,6 +45,9 @@ SOURCE_FIELDS = {"folder": "model_folder", "repo_id": "repo_id", "folders": "mod
 STOP_POLL_S = 0.1  # how often the endpoint, waiting on replies, asks ``stop``
 Stop = Callable[[], None]
 """Raises to end the work (ComfyUI's interrupt check); returns otherwise."""
+MakeRoom = Callable[[torch.nn.Module, torch.device], None]
+"""Frees memory on the device for the module about to move there (ComfyUI: its models unloaded as it unloads
+them for each other)."""
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -111,12 +116,13 @@ class LocalVLM:
     """
 
     def __init__(self, source: str, device: torch.device, dtype: str = "auto", batch_size: int = 4,
-                 allow_download: bool = False, cache_dir: str | None = None, stop: Stop | None = None):
+                 allow_download: bool = False, cache_dir: str | None = None, stop: Stop | None = None,
+                 make_room: MakeRoom | None = None):
         if batch_size < 1:
             raise InputError(f"{{batch_size}} = {batch_size} must be at least 1.", batch_size="batch_size")
         self.source, self.device, self.batch_size = source, torch.device(device), batch_size
         self.dtype = resolve_dtype(dtype, self.device)
-        self.allow_download, self.cache_dir, self.stop = allow_download, cache_dir, stop
+        self.allow_download, self.cache_dir, self.stop, self.make_room = allow_download, cache_dir, stop, make_room
         self.model_id = f"local:{source}:{self.dtype}"
         self.processor = self.model = None
 
@@ -129,7 +135,7 @@ class LocalVLM:
             return
         if self.park_key in _parked:
             self.processor, self.model = _parked.pop(self.park_key)
-            self.model.to(self.device)
+            self.model = self.placed(self.model)
             return
         from transformers import AutoModelForImageTextToText, AutoProcessor
         kwargs = {"local_files_only": not self.allow_download, "cache_dir": self.cache_dir}
@@ -146,7 +152,13 @@ class LocalVLM:
             raise InputError(f"{{folder}}: {self.source} holds a weights file that is more than tensors, so it was "
                              f"not loaded ({str(e).split('.')[0][:200]}). Use the model's safetensors release.",
                              **SOURCE_FIELDS) from None
-        self.processor, self.model = processor, model.to(self.device).eval()
+        self.processor, self.model = processor, self.placed(model).eval()
+
+    def placed(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on its device, room made for it first (read to the CPU, it is moved once its size is known)."""
+        if self.make_room is not None and self.device.type != "cpu":
+            self.make_room(model, self.device)
+        return model.to(self.device)
 
     def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str]:
         self.load()
@@ -355,3 +367,28 @@ class OpenAIEndpoint:
 
     def release(self, offload: bool) -> None:
         """Nothing to free here: the server manages its own memory."""
+
+
+Generate = Callable[[Image.Image, str, int], str]
+"""(image, instruction, max_tokens) -> the model's answer: a text generator that looks at one image."""
+
+
+class GeneratedText:
+    """A VLM that another program runs and loads (ComfyUI's own text generation): one image per call, greedy,
+    so answers are repeatable; ``stop`` is asked before each image."""
+
+    batch_size = 1
+
+    def __init__(self, generate: Generate, model_id: str, stop: Stop | None = None):
+        self.generate, self.model_id, self.stop = generate, model_id, stop
+
+    def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str]:
+        answers = []
+        for image in images:
+            if self.stop is not None:
+                self.stop()
+            answers.append(self.generate(image, instruction, max_tokens))
+        return answers
+
+    def release(self, offload: bool) -> None:
+        """Nothing to free here: the program that runs the model manages its memory."""
