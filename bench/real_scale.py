@@ -220,11 +220,9 @@ def shipped_workflow(kind, name):
         prompt = workflows.load("cupscale_sdxl_1024_to_4096.api.json")
         sets = ["16.steps=1", "25.steps=1", "5.value=128", "6.value=32"]
         sets += [f"{n}.tile_size=256" for n in (9, 11, 17, 20, 26)]
-        sets += [f"{node}.{k}" for node in ("12", "21") for k in ("backend=endpoint", "endpoint_url=")]
-        # The host checks the local model folder before the run whatever the backend: name one it lists.
-        import nodes
-        listed = nodes.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"].INPUT_TYPES()["required"]["local_model"][1]["options"]
-        sets += [f"{node}.local_model={listed[0]}" for node in ("12", "21")]
+        # The region prompts are given below: an endpoint loader, which names no local model, is never asked.
+        prompt["28"] = {"class_type": "EndpointVLMLoader", "inputs": {"endpoint_url": "http://127.0.0.1:9/v1",
+                                                                      "endpoint_model": "unused", "in_flight": 1}}
         out_node = "27"
     prompt = workflows.with_overrides(workflows.with_image(workflows.with_checkpoint(prompt, name), "real_scale.png"),
                                       sets)

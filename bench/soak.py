@@ -365,15 +365,31 @@ class Endpoint(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.server_close()
 
 
-def captioner_graph(**inputs) -> dict:
-    """LoadImage -> MLLMRegionCaptioner -> a capture of its JSON."""
-    node = {"image": ["img", 0], "backend": "local model", "local_model": "Qwen2.5-VL-3B-Instruct",
-            "endpoint_url": "http://127.0.0.1:9/v1", "endpoint_model": "m", "tile_width": 64, "tile_height": 64,
-            "overlap": 16, "region_prompts": "description (C-Upscale)", "xpsr_descriptions": False, "max_tokens": 4,
-            "on_region_failure": "stop with an error", "device": "cpu", "timeout_s": 1.0, "retries": 0, **inputs}
+def captioner_graph(vlm: dict | None = None, **inputs) -> dict:
+    """LoadImage -> MLLMRegionCaptioner (given a Local VLM Loader, or the loader node ``vlm``) -> a capture of its
+    JSON."""
+    node = {"image": ["img", 0], "vlm": ["vlm", 0], "tile_width": 64, "tile_height": 64, "overlap": 16,
+            "region_prompts": "description (C-Upscale)", "xpsr_descriptions": False, "max_tokens": 4,
+            "on_region_failure": "stop with an error", **inputs}
     return {"img": {"class_type": "LoadImage", "inputs": {"image": "in_48x32.png"}},
+            "vlm": vlm or {"class_type": "LocalVLMLoader", "inputs": {
+                "local_model": "Qwen2.5-VL-3B-Instruct", "device": "cpu", "after_use": "unload"}},
             "cap": {"class_type": "MLLMRegionCaptioner", "inputs": node},
             "out": {"class_type": "CupscaleCapture", "inputs": {"value": ["cap", 1], "key": "json"}}}
+
+
+def endpoint_vlm(url: str = "http://127.0.0.1:9/v1", **inputs) -> dict:
+    """An Endpoint VLM Loader: one request at a time, 1 s per reply, no retries."""
+    return {"class_type": "EndpointVLMLoader", "inputs": {"endpoint_url": url, "endpoint_model": "m", "in_flight": 1,
+                                                          "timeout_s": 1.0, "retries": 0, **inputs}}
+
+
+def clip_vlm_graph() -> dict:
+    """The tiny checkpoint's CLIP -> VLM from CLIP -> the captioner fed its own JSON (the model is not asked)."""
+    graph = captioner_graph({"class_type": "CLIPVLMLoader", "inputs": {"clip": ["ld", 1]}},
+                            region_prompts_json=region_json(4, 6))
+    graph["ld"] = {"class_type": "CupscaleTinyCheckpointLoader", "inputs": {"kind": "sd15", "seed": 0}}
+    return graph
 
 
 def sampling_graph(patch: dict | None = None, latent: list | None = None, extra: dict | None = None) -> dict:
@@ -463,11 +479,11 @@ def hostile_cases(endpoints: dict[str, Endpoint]) -> list[tuple[str, dict, str, 
         ("checkpoint of non-tensors", liif_graph("not_tensors.pth"), "ld", ["model_name", "not_tensors.pth"]),
         ("checkpoint not safetensors", liif_graph("text.safetensors"), "ld", ["model_name", "text.safetensors"]),
         ("pickle that runs code", liif_graph("runs_code.pth"), "ld", ["model_name", "runs_code.pth", "not loaded for safety"]),
-        ("endpoint_url file://", captioner_graph(backend="endpoint", endpoint_url="file:///etc/passwd"), "cap",
+        ("endpoint_url file://", captioner_graph(endpoint_vlm("file:///etc/passwd")), "vlm",
          ["endpoint_url", "http://"]),
-        ("endpoint answers garbage", captioner_graph(backend="endpoint", endpoint_url=endpoints["garbage"].url), "cap",
+        ("endpoint answers garbage", captioner_graph(endpoint_vlm(endpoints["garbage"].url)), "cap",
          ["endpoint_url", "not JSON"]),
-        ("endpoint hangs (timeout_s 1)", captioner_graph(backend="endpoint", endpoint_url=endpoints["hang"].url), "cap",
+        ("endpoint hangs (timeout_s 1)", captioner_graph(endpoint_vlm(endpoints["hang"].url)), "cap",
          ["timeout_s"]),
         ("dropdown label not an option", sampling_graph(guide(lowpass="bogus")), "patch", ["lowpass", "bogus"]),
         ("NaN sigma (structure guide)", sampling_graph(guide(sigma=NAN)), "patch", ["sigma", "nan", "finite"]),
@@ -479,7 +495,9 @@ def hostile_cases(endpoints: dict[str, Endpoint]) -> list[tuple[str, dict, str, 
 PLANTED = {"truncated.pth": "truncated", "not_tensors.pth": "of non-tensors", "text.safetensors": "not safetensors",
            "runs_code.pth": "that runs code"}
 """The hostile files build_models plants beside the tiny ones, by what they are."""
-CHECKED_BEFORE_RUN = {"MLLMRegionCaptioner": "local_model", "CLIPRerank": "clip_model",
+WITHOUT_CASES = {"CLIPVLMLoader"}
+"""Nodes whose only input is a link no client can make hostile (a CLIP): a base graph, and no cases."""
+CHECKED_BEFORE_RUN = {"LocalVLMLoader": "local_model", "CLIPRerank": "clip_model",
                       "SFAControlNetLoader": "controlnet"}
 """Nodes whose validate_inputs names their downloaded file alone (the host files a failed check under every
 input named, so a missing download would mark every widget): their other inputs are checked when the run starts."""
@@ -528,7 +546,9 @@ def schema_bases() -> dict[str, tuple[dict, str]]:
             "AttentionComposer": (sampling_graph(composer, extra={"pr": prior(low_res_latent=lat)}), "patch"),
             "SFAControlNetApply": (sfa_graph, "patch"), "SFAControlNetLoader": (sfa_graph, "sfa"),
             "RePaintSampler": (repaint, "rp"), "CLIPRerank": (rerank, "cr"),
-            "MLLMRegionCaptioner": (captioner_graph(), "cap"),
+            "MLLMRegionCaptioner": (captioner_graph(), "cap"), "LocalVLMLoader": (captioner_graph(), "vlm"),
+            "EndpointVLMLoader": (captioner_graph(endpoint_vlm(), region_prompts_json=region_json(4, 6)), "vlm"),
+            "CLIPVLMLoader": (clip_vlm_graph(), "vlm"),
             "ImplicitUpscaleModelLoader": (liif, "ld"), "ImplicitUpscale": (liif, "up"),
             "ImplicitDecoderLoader": (decode, "dl"), "ImplicitLatentDecode": (decode, "dec"),
             "DiTPositionExtrapolation": (rope, "patch")}

@@ -341,6 +341,28 @@ const debug = {
   }
 }
 
+// A captioner saved before the VLM loaders holds its model settings among its widget values: backend,
+// local_model, endpoint_url, endpoint_model before today's values and eight loader settings (device ... retries)
+// after them. The frontend has put them in the wrong widgets by position; today's values go back in place, and
+// the user is told which loader to add with which settings (the run also stops saying "vlm: not connected").
+const OLD_BACKENDS = ['local model', 'endpoint']
+const OLD_BEFORE = 4
+const OLD_AFTER = 8
+
+function migrateCaptioner(node, info) {
+  const saved = info?.widgets_values
+  const widgets = (node.widgets ?? []).filter((w) => w.serialize !== false)
+  if (!Array.isArray(saved) || !OLD_BACKENDS.includes(saved[0])
+      || saved.length !== widgets.length + OLD_BEFORE + OLD_AFTER) return
+  saved.slice(OLD_BEFORE, OLD_BEFORE + widgets.length).forEach((value, i) => { widgets[i].value = value })
+  const loader = saved[0] === OLD_BACKENDS[0]
+    ? `a Local VLM Loader with local_model = ${saved[1]}`
+    : `an Endpoint VLM Loader with endpoint_url = ${saved[2]} and endpoint_model = ${saved[3]}`
+  node.cupscaleMigrated = `This captioner was saved before the VLM loaders: add ${loader} and connect its vlm output to the captioner's vlm input.`
+  console.warn(`[cupscale] node ${node.id}: ${node.cupscaleMigrated}`)
+  app.extensionManager?.toast?.add?.({ severity: 'warn', summary: 'MLLM Region Captioner', detail: node.cupscaleMigrated, life: 15000 })
+}
+
 app.registerExtension({
   name: 'cupscale.regions',
   debug,
@@ -360,6 +382,12 @@ app.registerExtension({
       nodeType.prototype.onExecuted = function (message) {
         onExecuted?.apply(this, arguments)
         onCaptioned(this, message)
+      }
+      const onConfigure = nodeType.prototype.onConfigure
+      nodeType.prototype.onConfigure = function (info) {
+        const r = onConfigure?.apply(this, arguments)
+        migrateCaptioner(this, info)
+        return r
       }
     }
   }

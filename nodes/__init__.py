@@ -6,11 +6,11 @@ all through one ComfyExtension (``comfy_entrypoint``, exported by the pack's ``_
 from typing_extensions import override
 
 from . import (captioner, clip_rerank, implicit_decoding, position_extrapolation, regional_attention, repaint,
-               sfa_controlnet, structure_guide, tiled_diffusion)
+               sfa_controlnet, structure_guide, tiled_diffusion, vlm)
 from .host import ComfyExtension, io
 
-FAMILIES = [tiled_diffusion, structure_guide, repaint, captioner, implicit_decoding, clip_rerank, regional_attention,
-            sfa_controlnet, position_extrapolation]
+FAMILIES = [tiled_diffusion, structure_guide, repaint, vlm, captioner, implicit_decoding, clip_rerank,
+            regional_attention, sfa_controlnet, position_extrapolation]
 NODES: list[type[io.ComfyNode]] = [node for family in FAMILIES for node in family.NODES]
 
 

@@ -218,10 +218,13 @@ def depths(prompt: dict) -> dict[str, int]:
 REGION_PANEL_HEIGHT = {"TiledBlendedDiffusion": 224, "MLLMRegionCaptioner": 224}
 
 
-def _height(n_sockets: int, n_outputs: int, slots: list[WidgetSlot], specs: dict[str, InputSpec]) -> int:
+def _height(n_sockets: int, n_outputs: int, slots: list[WidgetSlot], specs: dict[str, InputSpec],
+            panel: bool = False) -> int:
     """About the height litegraph's computeSize gives (20 px a slot row, 24 a widget); big for text
-    boxes and for the image preview of an upload node. Advanced widgets are hidden (js/cupscale.js)."""
-    slots = [s for s in slots if not specs[s.input].options.get("advanced")]
+    boxes and for the image preview of an upload node. Advanced widgets are hidden (js/cupscale.js), but
+    frontend 1.27 still lays them out: a node with a region panel below them counts them, or the panel would
+    hang below the node, out of its clicks."""
+    slots = [s for s in slots if panel or not specs[s.input].options.get("advanced")]
     height = max(n_sockets, n_outputs, 1) * 20 + len(slots) * 24 + 10
     height += sum(80 for s in slots if s.sent and specs[s.input].options.get("multiline"))
     return height + (250 if any(s.kind == "upload" for s in slots) else 0)
@@ -297,8 +300,9 @@ def api_to_ui(prompt: dict, defs: dict, layout: Layout = Layout()) -> dict:
                 value = value["__value__"]
             widgets_values.append(value)
 
-        height = (_height(sum(1 for i in inputs if "widget" not in i), len(outputs[node_id]), slots, specs)
-                  + REGION_PANEL_HEIGHT.get(node["class_type"], 0))
+        panel = REGION_PANEL_HEIGHT.get(node["class_type"], 0)
+        height = _height(sum(1 for i in inputs if "widget" not in i), len(outputs[node_id]), slots, specs,
+                         bool(panel)) + panel
         ui_node = {"id": int(node_id), "type": node["class_type"], "pos": [0, 0], "size": [NODE_WIDTH, height],
                    "flags": {"collapsed": True} if node_id in layout.collapsed else {}, "order": order[node_id],
                    "mode": MODE_ALWAYS, "inputs": inputs, "outputs": outputs[node_id]}

@@ -73,3 +73,19 @@ def folders(host, tmp_path):
     folder_paths.set_input_directory(old[0])
     folder_paths.set_output_directory(old[1])
     folder_paths.set_temp_directory(old[2])
+
+
+@pytest.fixture
+def qwen3vl_text_encoder(host, tmp_path, monkeypatch):
+    """models/text_encoders holding a tiny Qwen3-VL file (tests/tiny_vlms.host_qwen3vl), the host sized to read
+    it for this test; its name, as Load CLIP lists it."""
+    import folder_paths
+
+    import tiny_vlms
+    tiny_vlms.shrink_host_qwen3vl(monkeypatch)
+    tiny_vlms.host_qwen3vl(tmp_path / "text_encoders" / "tiny-qwen3vl.safetensors")
+    folder_paths.add_model_folder_path("text_encoders", str(tmp_path / "text_encoders"))
+    yield "tiny-qwen3vl.safetensors"
+    folder_paths.folder_names_and_paths["text_encoders"][0].remove(str(tmp_path / "text_encoders"))
+    folder_paths.filename_list_cache.pop("text_encoders", None)
+

@@ -44,3 +44,9 @@ def progress_reports():
         yield reports
     finally:
         comfy.utils.ProgressBar.update_absolute = report
+
+
+def host_generates_text() -> bool:
+    """Whether this ComfyUI generates text with a CLIP-loaded model (CLIP.generate: v0.33.0 has it)."""
+    import comfy.sd
+    return callable(getattr(comfy.sd.CLIP, "generate", None))

@@ -263,12 +263,30 @@ def test_rarely_changed_widgets_hide_until_show_advanced_and_are_still_saved(pag
         node.toggleAdvanced()
         return {{before, after: visible(), saved: node.serialize().widgets_values}}
     }}""", captioner)
-    assert "device" not in state["before"] and "description_instruction" not in state["before"]
-    assert {"backend", "local_model", "tile_width", "region_prompts_json"} <= set(state["before"])
+    assert "prefix" not in state["before"] and "description_instruction" not in state["before"]
+    assert {"tile_width", "region_prompts", "region_prompts_json"} <= set(state["before"])
     assert len(state["before"]) <= 16 and set(state["before"]) < set(state["after"])
-    assert {"device", "retries", "description_instruction"} <= set(state["after"])
+    assert {"prefix", "description_instruction"} <= set(state["after"])
     saved = next(n for n in ui["nodes"] if n["type"] == "MLLMRegionCaptioner")["widgets_values"]
     assert state["saved"] == saved
+
+
+def test_a_captioner_saved_before_the_vlm_loaders_keeps_its_settings_and_says_which_loader_to_add(page):
+    """A UI workflow saved before the loaders: the captioner's 27 widget values (backend, local_model,
+    endpoint_url, endpoint_model, today's 15, then device ... retries) land in today's widgets in place, and the
+    node says which loader to add with which settings."""
+    ui = json.loads((TEMPLATES / "caption_regions.json").read_text())
+    node = next(n for n in ui["nodes"] if n["type"] == "MLLMRegionCaptioner")
+    today = list(node["widgets_values"])
+    node["widgets_values"] = ["local model", "Qwen2.5-VL-3B-Instruct", "http://127.0.0.1:11434/v1", "", *today,
+                              "auto", "auto", 4, "unload", "", False, 120.0, 2]
+    captioner = load_workflow(page, ui)["MLLMRegionCaptioner"]
+    state = page.evaluate(f"""(id) => {{
+        const node = {APP}.graph.getNodeById(id)
+        return {{values: node.serialize().widgets_values, note: node.cupscaleMigrated}}
+    }}""", captioner)
+    assert state["values"] == today
+    assert "add a Local VLM Loader with local_model = Qwen2.5-VL-3B-Instruct and connect" in state["note"]
 
 
 def test_each_stage_of_the_blended_edit_shows_the_size_it_samples(page):
@@ -301,7 +319,8 @@ def test_tiled_diffusion_draws_the_tiles_of_each_stage(page, screenshots):
 def test_region_prompt_edited_in_the_graph_is_valid_json_the_server_uses(page, server, screenshots):
     ids = load_workflow(page, "caption_regions.json")
     captioner = ids["MLLMRegionCaptioner"]
-    set_widgets(page, captioner, tile_width=64, tile_height=64, overlap=16, local_model="tiny-llava", max_tokens=4,
+    set_widgets(page, ids["LocalVLMLoader"], local_model="tiny-llava")
+    set_widgets(page, captioner, tile_width=64, tile_height=64, overlap=16, max_tokens=4,
                 on_region_failure="use global prompt", global_prompt="a lake")
     before = shown_when(page, captioner, "r.width !== null")
     assert (before["width"], before["height"]) == (144, 80)  # the 72x40 input after ImageScaleBy x2

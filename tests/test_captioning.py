@@ -241,3 +241,20 @@ def test_prompts_for_another_grid_are_refused_downstream_with_both_grids_named()
 def test_region_prompts_need_one_prompt_per_region():
     with pytest.raises(ValueError, match="5 region prompts for a grid of 6 regions"):
         RegionPrompts(image_grid(80, 104, 48, 48, 16), ("x",) * 5, "g")
+
+
+def test_generated_text_asks_one_image_a_call_and_stop_before_each():
+    """The host's text generation as a backend (cupscale.captioning.backends.GeneratedText): one image per call of
+    ``generate``, ``stop`` asked before each, the answers cached under its model_id like any backend's."""
+    from cupscale.captioning.backends import GeneratedText
+    asked, stops = [], []
+    backend = GeneratedText(lambda image, instruction, max_tokens: asked.append(image.size) or f"w{len(asked)}",
+                            "host-clip:test", stop=lambda: stops.append(1))
+    image = torch.rand(1, 112, 144, 3, generator=torch.Generator().manual_seed(0))
+    captioner = Captioner(backend, CaptionCache(), 4)
+    request = CaptionRequest(global_prompt="g")
+    prompts = caption_image(image, image_grid(112, 144, 64, 64, 16), captioner, request)
+    assert prompts.prompts == tuple(f"w{i}" for i in range(1, 7)) and asked == [(64, 64)] * 6 and len(stops) == 6
+    assert captioner.model_calls == 6
+    caption_image(image, image_grid(112, 144, 64, 64, 16), captioner, request)
+    assert len(asked) == 6  # the second run from the cache

@@ -84,8 +84,8 @@ def test_multistage_blended_edit_changes_only_the_masked_area(model_files, folde
 def test_captioned_regions_come_with_the_overlay_payload(model_files, folders):
     Image.new("RGB", (72, 40), (30, 80, 160)).save(folders / "in" / "input.png")
     prompt = workflows.with_overrides(workflows.load("caption_regions.api.json"), [
-        "3.local_model=tiny-llava", "3.tile_width=64", "3.tile_height=64", "3.overlap=16", "3.max_tokens=4",
-        "3.device=cpu", '3.global_prompt="a lake"', '3.on_region_failure="use global prompt"'])
+        "5.local_model=tiny-llava", "3.tile_width=64", "3.tile_height=64", "3.overlap=16", "3.max_tokens=4",
+        "5.device=cpu", '3.global_prompt="a lake"', '3.on_region_failure="use global prompt"'])
     history = run_prompt(prompt)
     (payload,) = history["outputs"]["3"]["cupscale_regions"]
     assert (payload["width"], payload["height"]) == (144, 80)
@@ -100,7 +100,7 @@ def test_captioned_regions_come_with_the_overlay_payload(model_files, folders):
 @pytest.mark.parametrize("name, needs", [
     ("upscale_x2_5_implicit.api.json", {"1", "5"}),
     ("edit_multistage_blended.api.json", {"1", "5", "22"}),
-    ("caption_regions.api.json", {"1", "3"}),
+    ("caption_regions.api.json", {"1", "5"}),  # the image, the Local VLM Loader
 ])
 def test_unchanged_workflows_fail_validation_only_for_the_files_users_download(model_files, folders, name, needs):
     """Checkpoint, input image, CLIP and VLM folders are absent here; the LIIF file has its real name."""

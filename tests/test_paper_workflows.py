@@ -24,10 +24,10 @@ import tiny_vlms
 from cupscale.captioning.instructions import DEGRADATION_TAGS
 from harness import workflows
 from harness.comfy_host import run_prompt
-from host_helpers import pack_module
+from host_helpers import host_generates_text, pack_module  # noqa: F401  (the first is read by skipif)
 from tiny_xpsr import release
 
-CAPTION = {"max_tokens": 4, "device": "cpu"}
+CAPTION, VLM = {"max_tokens": 4}, {"device": "cpu"}  # the captioners; their one Local VLM Loader
 VAE = {"tile_size": 128, "overlap": 32}
 TILES = {"value": 64}, {"value": 16}  # the workflows' tile size and overlap primitives: 8 and 2 latent cells
 XPSR_ADDED = "clean, high-resolution, 8k, high quality, clear text."
@@ -153,13 +153,13 @@ def tile_grid(latent_h: int, latent_w: int) -> dict:
 
 def cupscale_prompt() -> dict:
     prompt = workflows.with_tiny_models(workflows.load("cupscale_sdxl_1024_to_4096.api.json"), "sdxl")
-    return fast(prompt, {"5": TILES[0], "6": TILES[1], "12": CAPTION, "21": CAPTION, "16": {"steps": 2},
+    return fast(prompt, {"5": TILES[0], "6": TILES[1], "12": CAPTION, "21": CAPTION, "28": VLM, "16": {"steps": 2},
                          "25": {"steps": 2}, **{n: VAE for n in ("9", "11", "17", "20", "26")}})
 
 
 def flux_prompt() -> dict:
     prompt = workflows.with_tiny_models(workflows.load("cupscale_flux_x2.api.json"), "flux")
-    return fast(prompt, {"6": TILES[0], "7": TILES[1], "13": CAPTION, "17": {"steps": 2},
+    return fast(prompt, {"6": TILES[0], "7": TILES[1], "13": CAPTION, "20": VLM, "17": {"steps": 2},
                          **{n: VAE for n in ("10", "12", "18")}})
 
 
@@ -167,20 +167,20 @@ def flux_4k_prompt() -> dict:
     """The 4K graph at 48x32 -> 192x128 px, its positions extrapolated past 32 px (2 patches), so both stages run
     past the base resolution as the shipped graph does past Flux's 1024 px."""
     prompt = workflows.with_tiny_models(workflows.load("cupscale_flux_4k.api.json"), "flux")
-    return fast(prompt, {"6": TILES[0], "7": TILES[1], "13": CAPTION, "24": CAPTION, "17": {"steps": 2},
+    return fast(prompt, {"6": TILES[0], "7": TILES[1], "13": CAPTION, "24": CAPTION, "31": VLM, "17": {"steps": 2},
                          "28": {"steps": 2}, "20": {"base_resolution": 32},
                          **{n: VAE for n in ("10", "12", "18", "21", "23", "29")}})
 
 
 def xpsr_prompt() -> dict:
     prompt = workflows.with_tiny_models(workflows.load("xpsr_restore_x4.api.json"), "sd15")
-    return fast(prompt, {"3": CAPTION, "12": {"tile_width": 64, "tile_height": 64, "overlap": 16},
+    return fast(prompt, {"3": CAPTION, "17": VLM, "12": {"tile_width": 64, "tile_height": 64, "overlap": 16},
                          "14": {"steps": 2}, "13": VAE, "15": VAE})
 
 
 def zoomed_in_prompt() -> dict:
     prompt = workflows.with_tiny_models(workflows.load("zoomed_in_x4.api.json"), "sd15")
-    return fast(prompt, {"5": TILES[0], "6": TILES[1], "12": CAPTION, "19": CAPTION, "15": {"steps": 2},
+    return fast(prompt, {"5": TILES[0], "6": TILES[1], "12": CAPTION, "19": CAPTION, "25": VLM, "15": {"steps": 2},
                          "22": {"steps": 2}, **{n: VAE for n in ("9", "11", "16", "18", "23")}})
 
 
@@ -280,12 +280,12 @@ def test_zoomed_in_gives_each_tile_its_own_degradation_aware_tags(models, folder
 
 @pytest.mark.parametrize("name, needs", [
     ("cupscale_sdxl_1024_to_4096.api.json",
-     {"1": {"ckpt_name"}, "7": {"image"}, "12": {"local_model"}, "21": {"local_model"}}),
-    ("xpsr_restore_x4.api.json", {"1": {"ckpt_name"}, "2": {"image"}, "3": {"local_model"},
+     {"1": {"ckpt_name"}, "7": {"image"}, "28": {"local_model"}}),
+    ("xpsr_restore_x4.api.json", {"1": {"ckpt_name"}, "2": {"image"}, "17": {"local_model"},
                                   "9": {"controlnet", "unet"}}),
-    ("zoomed_in_x4.api.json", {"1": {"ckpt_name"}, "7": {"image"}, "12": {"local_model"}, "19": {"local_model"}}),
-    ("cupscale_flux_x2.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "13": {"local_model"}}),
-    ("cupscale_flux_4k.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "13": {"local_model"}, "24": {"local_model"}}),
+    ("zoomed_in_x4.api.json", {"1": {"ckpt_name"}, "7": {"image"}, "25": {"local_model"}}),
+    ("cupscale_flux_x2.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "20": {"local_model"}}),
+    ("cupscale_flux_4k.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "31": {"local_model"}}),
 ])
 def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_download(host, folders, name, needs):
     import execution
@@ -297,6 +297,55 @@ def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_d
     # XPSR's unet is named here where the host checks V3 dropdowns itself (v0.33); older hosts name it when the
     # run starts (tests/test_sfa_controlnet.py).
     assert named in (needs, {k: v - {"unet"} for k, v in needs.items()})
+
+
+SHIPPED_VLM = {"cupscale_sdxl_1024_to_4096.api.json": ("sdxl", "28", "7"), "cupscale_flux_x2.api.json": ("flux", "20", "8"),
+               "cupscale_flux_4k.api.json": ("flux", "31", "8")}
+"""The SDXL and Flux workflows: the kind of tiny model, their one VLM loader, their LoadImage."""
+
+
+@pytest.mark.parametrize("name", SHIPPED_VLM)
+def test_workflows_set_to_an_endpoint_validate_where_models_llm_is_empty(host, folders, monkeypatch, name):
+    """Issue 23: the loader swapped for an Endpoint VLM Loader, the graph names no local model, so it validates
+    on a machine whose models/LLM is empty (the checkpoint and the image present)."""
+    import execution
+    import folder_paths
+    (folders / "LLM").mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "LLM",
+                        ([str(folders / "LLM")], folder_paths.folder_names_and_paths["LLM"][1]))
+    kind, loader, image = SHIPPED_VLM[name]
+    Image.new("RGB", (48, 32)).save(folders / "in" / "input.png")
+    prompt = workflows.with_tiny_models(workflows.load(name), kind)
+    ok, *_, node_errors = asyncio.run(execution.validate_prompt("t", prompt, None))
+    assert not ok and set(node_errors) == {loader}  # as shipped: the local folder, and nothing else
+    prompt[loader] = {"class_type": "EndpointVLMLoader", "inputs": {
+        "endpoint_url": "http://127.0.0.1:11434/v1", "endpoint_model": "qwen2.5vl:7b", "in_flight": 4}}
+    ok, error, _, node_errors = asyncio.run(execution.validate_prompt("t", prompt, None))
+    assert ok, (error, node_errors)
+
+
+@pytest.mark.skipif("not host_generates_text()", reason="this ComfyUI has no text generation (v0.33.0 has it)")
+@pytest.mark.parametrize("name", ["cupscale_sdxl_1024_to_4096.api.json", "cupscale_flux_x2.api.json"])
+def test_workflows_set_to_the_hosts_text_generation_run_on_a_clip_loaded_vlm(host, folders, qwen3vl_text_encoder,
+                                                                            monkeypatch, name):
+    """The loader swapped for Load CLIP (a tiny Qwen3-VL file) -> VLM from CLIP: every stage's captioner asks
+    the host's CLIP.generate, one image a call, and the upscale saves its image."""
+    import comfy.sd
+    pack_module(host, "cupscale.captioning.cache").CACHE.clear()
+    asked = []
+    generate = comfy.sd.CLIP.generate
+    monkeypatch.setattr(comfy.sd.CLIP, "generate", lambda self, tokens, **kw: asked.append(1) or generate(
+        self, tokens, **kw))
+    Image.new("RGB", (48, 32), (120, 60, 200)).save(folders / "in" / "input.png")
+    _, loader, _ = SHIPPED_VLM[name]
+    prompt, save, size, regions_in = ((cupscale_prompt(), "27", (192, 128), 2 + 12) if "sdxl" in name
+                                      else (flux_prompt(), "19", (96, 64), 2))
+    prompt[loader] = {"class_type": "CLIPVLMLoader", "inputs": {"clip": ["clip_vlm", 0]}}
+    prompt["clip_vlm"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": qwen3vl_text_encoder,
+                                                                 "type": "stable_diffusion"}}
+    history = run_prompt(prompt)
+    assert saved_size(folders, history, save) == size
+    assert len(asked) == regions_in
 
 
 @pytest.mark.server

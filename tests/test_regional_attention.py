@@ -234,9 +234,8 @@ def test_chain_runs_in_a_graph_with_typed_or_captioned_region_prompts(host, spy,
         captioner = host.NODE_CLASS_MAPPINGS["MLLMRegionCaptioner"].INPUT_TYPES()["required"]
         graph["13"] = {"class_type": "EmptyImage", "inputs": {"width": W * 8, "height": H * 8, "batch_size": 1,
                                                               "color": 0}}
-        graph["14"] = {"class_type": "MLLMRegionCaptioner", "inputs": {
-            "image": ["13", 0], "backend": "endpoint", "local_model": captioner["local_model"][1]["options"][0],
-            "endpoint_url": "", "endpoint_model": "", "tile_width": TILE, "tile_height": TILE, "overlap": OVERLAP,
+        graph["14"] = {"class_type": "MLLMRegionCaptioner", "inputs": {  # no VLM: its edited JSON
+            "image": ["13", 0], "tile_width": TILE, "tile_height": TILE, "overlap": OVERLAP,
             "region_prompts": captioner["region_prompts"][1]["options"][0],
             "xpsr_descriptions": False, "max_tokens": 8, "on_region_failure": "stop with an error",
             "region_prompts_json": to_json(prompts)}}

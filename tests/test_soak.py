@@ -49,7 +49,8 @@ def test_every_input_of_every_pack_node_holds_against_the_cases_its_schema_makes
     ordinary prompt gives its pixels again."""
     suite = schema_suite
     nodes = {v.case.node_type for v in suite.verdicts}
-    assert nodes == set(soak.schema_bases())  # every pack node has a base graph, and each base is used
+    # every pack node has a base graph, and each base with inputs to try is used
+    assert nodes == set(soak.schema_bases()) - soak.WITHOUT_CASES
     faults = [f"{v.case.name}: {v.fault}: {v.message[:200]}" for v in suite.verdicts if v.fault]
     assert faults == [], "\n".join(faults) + "\n" + soak.tables(None, [], [], [], suite)
 

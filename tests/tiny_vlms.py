@@ -134,3 +134,56 @@ def idefics3(folder: Path, seed: int = 0) -> Path:
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=1,
                                   chat_template=IDEFICS3_TEMPLATE)
     return save(folder, model, processor)
+
+
+QWEN3VL_TINY_VISION = dict(hidden_size=32, intermediate_size=64, depth=2, deepstack_visual_indexes=[0], num_heads=2,
+                           num_position_embeddings=64)
+"""The vision tower of the tiny Qwen3-VL text encoder: one DeepStack layer (the key ComfyUI detects it by)."""
+
+
+def tiny_qwen3vl_config():
+    """The host's Qwen3-VL 8B language-model config at 32 wide, 2 layers (the real tokenizer's vocabulary)."""
+    from dataclasses import dataclass
+
+    from comfy.text_encoders.llama import Qwen3VL_8BConfig
+
+    @dataclass
+    class TinyQwen3VLConfig(Qwen3VL_8BConfig):
+        hidden_size: int = 32
+        intermediate_size: int = 64
+        num_hidden_layers: int = 2
+        num_attention_heads: int = 2
+        num_key_value_heads: int = 1
+        head_dim = 16
+        rope_dims = [4, 2, 2]  # the multimodal rotary sections: half of head_dim
+    return TinyQwen3VLConfig
+
+
+def shrink_host_qwen3vl(monkeypatch) -> None:
+    """While the test lasts, the host builds its Qwen3-VL 8B text encoder at the tiny sizes: ComfyUI sizes it by
+    its model type (comfy.text_encoders.qwen3vl's tables), not by the file, so Load CLIP reads the tiny file."""
+    import comfy.text_encoders.qwen3vl as qwen3vl
+    monkeypatch.setitem(qwen3vl.QWEN3VL_CONFIGS, "qwen3vl_8b", tiny_qwen3vl_config())
+    monkeypatch.setitem(qwen3vl.QWEN3VL_VISION, "qwen3vl_8b", QWEN3VL_TINY_VISION)
+
+
+def host_qwen3vl(file: Path, seed: int = 0) -> Path:
+    """A tiny seeded Qwen3-VL text encoder saved as a user's models/text_encoders file: the host's own module
+    (built while :func:`shrink_host_qwen3vl` holds), its language model under ``model.``, its vision tower under
+    ``model.visual.`` as Qwen3-VL releases are laid out."""
+    import comfy.ops
+    import comfy.text_encoders.qwen3vl as qwen3vl
+    from safetensors.torch import save_file
+    torch.manual_seed(seed)
+    model = qwen3vl._make_qwen3vl_model("qwen3vl_8b")({}, torch.float32, "cpu", comfy.ops.manual_cast)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        value = torch.ones(tensor.shape) if "norm" in name and tensor.ndim == 1 else torch.randn(tensor.shape) * 0.02
+        state[("model." + name) if name.startswith("visual.") else name] = value.contiguous()
+    # Its own output head (as the 8B has): tied to the embeddings, a random model repeats the prompt's last token
+    # (a newline). Zero rows for the special tokens (151643 on) keep greedy answers to words, not to the
+    # end-of-text or template tokens that decode to nothing.
+    state["model.lm_head.weight"][151643:] = 0
+    file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(file))
+    return file

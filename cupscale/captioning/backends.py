@@ -1,8 +1,10 @@
 """Multimodal LLM backends for :mod:`cupscale.captioning.captioner`: a local transformers model or an endpoint.
 
 Users run captioning models either in-process (a model folder: LLaVA 1.5/NeXT, Qwen2-VL,
-Qwen2.5-VL, Idefics3/SmolVLM, ...) or behind a local server that speaks the OpenAI chat API
-(Ollama, llama.cpp, LM Studio, vLLM). Both answer one instruction about each of a few images.
+Qwen2.5-VL, Idefics3/SmolVLM, ...), behind a local server that speaks the OpenAI chat API
+(Ollama, llama.cpp, LM Studio, vLLM), or through an application's own text generation
+(:class:`GeneratedText`: ComfyUI's CLIP-loaded Qwen-VL or Gemma). All answer one instruction about each
+of a few images.
 Errors name the fields ``model_folder`` / ``repo_id`` (the local model's source), ``model_folders``
 (where model folders live), ``base_url`` and ``model`` (the endpoint's), and the other settings by
 their parameter names. Both take a ``stop`` callable (the host's interrupt check), which raises to end
@@ -355,3 +357,28 @@ class OpenAIEndpoint:
 
     def release(self, offload: bool) -> None:
         """Nothing to free here: the server manages its own memory."""
+
+
+Generate = Callable[[Image.Image, str, int], str]
+"""(image, instruction, max_tokens) -> the model's answer: a text generator that looks at one image."""
+
+
+class GeneratedText:
+    """A VLM that another program runs and loads (ComfyUI's own text generation): one image per call, greedy,
+    so answers are repeatable; ``stop`` is asked before each image."""
+
+    batch_size = 1
+
+    def __init__(self, generate: Generate, model_id: str, stop: Stop | None = None):
+        self.generate, self.model_id, self.stop = generate, model_id, stop
+
+    def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str]:
+        answers = []
+        for image in images:
+            if self.stop is not None:
+                self.stop()
+            answers.append(self.generate(image, instruction, max_tokens))
+        return answers
+
+    def release(self, offload: bool) -> None:
+        """Nothing to free here: the program that runs the model manages its memory."""

@@ -32,6 +32,16 @@ class CaptionBackend(Protocol):
 
 
 @dataclass(frozen=True)
+class VLM:
+    """A vision-language model as it flows from a loader to the captioners: one value serves every stage of a
+    graph, so a local model is read from disk once; ``offload`` says what each captioning leaves of it
+    (True: its weights in CPU memory for the next stage, False: nothing)."""
+
+    backend: CaptionBackend
+    offload: bool = False
+
+
+@dataclass(frozen=True)
 class Answer:
     """The model's answer to one (crop, instruction); ``error`` says why there is no text."""
 
