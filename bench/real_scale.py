@@ -1,9 +1,9 @@
 """The pack at real architecture: full-size SD1.5 and SDXL (seeded random weights, harness/real_models.py)
-loaded by the stock CheckpointLoaderSimple, and Flux.1 dev by UNETLoader (``--models flux``: its rows are
-bench/real_scale_dit.py's), on the CPU.
+loaded by the stock CheckpointLoaderSimple, and Flux.1 dev and Z-Image Turbo by UNETLoader (``--models flux
+z_image``: their rows are bench/real_scale_dit.py's), on the CPU.
 
-    .venv/bin/python bench/real_scale.py [--models sd15 sdxl flux] [--size 384] [--tile 256] [--steps 1] [--batch 4]
-                                         [--peer PATH] [--rows tiles peer ...] [--repeats 1]
+    .venv/bin/python bench/real_scale.py [--models sd15 sdxl flux z_image] [--size 384] [--tile 256] [--steps 1]
+                                         [--batch 4] [--peer PATH] [--rows tiles peer ...] [--repeats 1]
 
 Each model runs in its own process (its peak RSS is its own). Per model it prints:
 1. the load: what the stock loader detected, seconds, RSS;
@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.real_scale_dit import KINDS as DITS  # noqa: E402
 from bench.tables import table  # noqa: E402
 
 NATIVE_PX = {"sd15": 512, "sdxl": 1024}
@@ -285,8 +286,8 @@ ROWS = ["plain", "tiles", "peer MultiDiffusion", "+ structure guide", "+ attenti
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl", "flux"],
-                        help="flux: Flux.1 dev's rows (bench/real_scale_dit.py)")
+    parser.add_argument("--models", nargs="+", default=["sd15", "sdxl"], choices=["sd15", "sdxl", *DITS],
+                        help="flux, z_image: Flux.1 dev's and Z-Image Turbo's rows (bench/real_scale_dit.py)")
     parser.add_argument("--size", type=int, default=384, help="output side in px of the measured rows")
     parser.add_argument("--tile", type=int, default=256, help="tile side in px of the measured rows")
     parser.add_argument("--steps", type=int, default=1)
@@ -297,11 +298,11 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1: steadier beside another job)")
     parser.add_argument("--skip-workflow", action="store_true")
     parser.add_argument("--skip-native", action="store_true", help="no native-tile evaluation, no computed table")
-    parser.add_argument("--child", choices=["sd15", "sdxl", "flux"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["sd15", "sdxl", *DITS], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child == "flux":
+    if args.child in DITS:
         from bench import real_scale_dit
-        return real_scale_dit.child(args.size, args.tile, args.steps, args.rows)
+        return real_scale_dit.child(args.child, args.size, args.tile, args.steps, args.rows)
     if args.peer and args.batch < 1:
         parser.error("--peer needs a fixed --batch (the peer has no automatic batch)")
     if args.child:

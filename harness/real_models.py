@@ -1,14 +1,15 @@
-"""Full-size SD1.5 and SDXL checkpoints and a Flux.1 dev diffusion model, with seeded random weights, written
-by ComfyUI's own save path.
+"""Full-size SD1.5 and SDXL checkpoints and Flux.1 dev and Z-Image Turbo diffusion models, with seeded random
+weights, written by ComfyUI's own save path.
 
 The cost of a diffusion model does not depend on its weights, so the real layouts with random weights
 measure what a user's real checkpoint would cost (issue 14). Each file is built once through ComfyUI's
 own classes (the published UNet config, CLIP-L, CLIP-G with its pooled projection, the KL VAE, the
 tokenizers ComfyUI ships), written as one ``.safetensors`` by ``comfy.sd.save_checkpoint`` into a cache
 folder outside the repo, and then loaded by the stock CheckpointLoaderSimple like any downloaded file.
-Flux's diffusion model alone (12 B parameters) is written in fp8 as Comfy-Org's ``flux1-dev-fp8`` stores it,
-by ``comfy.utils.save_torch_file`` under the published key names, for the stock UNETLoader; its text
-encoders (T5-XXL, CLIP-L) are left out: the bench gives it text of their shapes.
+Flux's diffusion model alone (12 B parameters) is written in fp8 as Comfy-Org's ``flux1-dev-fp8`` stores it, and
+Z-Image Turbo's (6 B) the same way (its published file is bf16, 12 GB: on the CPU both compute in float32), by
+``comfy.utils.save_torch_file`` under the published key names, for the stock UNETLoader; their text encoders
+(T5-XXL and CLIP-L, Qwen3 4B) are left out: the bench gives them text of their shapes.
 """
 from __future__ import annotations
 
@@ -77,24 +78,27 @@ def ensure_checkpoint(kind: str, seed: int = 0) -> Path:
 
 
 DIT_STORE_DTYPE = torch.float8_e4m3fn
+DITS = {"flux": ("Flux", "FLUX_DEV", "Flux.1 dev"), "z_image": ("ZImage", "Z_IMAGE_TURBO", "Z-Image Turbo")}
+"""The DiTs written at full size: the host's supported_models class, the config in harness.unet_layouts, the name."""
 
 
-def ensure_flux(seed: int = 0) -> Path:
-    """The cached Flux.1 dev diffusion model (harness.unet_layouts.FLUX_DEV), fp8, for UNETLoader."""
+def ensure_dit(kind: str = "flux", seed: int = 0) -> Path:
+    """The cached diffusion model of ``kind`` (Flux.1 dev, Z-Image Turbo), fp8, for UNETLoader."""
     import comfy.supported_models
     import comfy.utils
+    from harness import unet_layouts
     from harness.tiny_models import seeded_fill
-    from harness.unet_layouts import FLUX_DEV
-    path = CACHE / checkpoint_name("flux", seed)
+    host_class, layout, name = DITS[kind]
+    path = CACHE / checkpoint_name(kind, seed)
     if path.exists():
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
-    config = comfy.supported_models.Flux(dict(FLUX_DEV))
+    config = getattr(comfy.supported_models, host_class)(dict(getattr(unet_layouts, layout)))
     config.set_inference_dtype(DIT_STORE_DTYPE, torch.float32)
     net = seeded_fill(config.get_model({}, device="cpu").diffusion_model, seed)
     partial = path.with_name(path.name + f".{os.getpid()}.partial")
     comfy.utils.save_torch_file(net.state_dict(), str(partial),
-                                metadata={"cupscale": f"seeded random weights, Flux.1 dev layout, seed {seed}"})
+                                metadata={"cupscale": f"seeded random weights, {name} layout, seed {seed}"})
     del net
     partial.replace(path)
     return path
@@ -112,12 +116,12 @@ def main() -> None:
     import argparse
     from harness import comfy_host
     parser = argparse.ArgumentParser(description="Write the real-layout checkpoints into the cache folder.")
-    parser.add_argument("kinds", nargs="*", default=["sd15", "sdxl"], choices=sorted(KINDS) + ["flux"])
+    parser.add_argument("kinds", nargs="*", default=["sd15", "sdxl"], choices=sorted(KINDS) + sorted(DITS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     comfy_host.prepare()
     for kind in args.kinds:
-        print(ensure_flux(args.seed) if kind == "flux" else ensure_checkpoint(kind, args.seed))
+        print(ensure_dit(kind, args.seed) if kind in DITS else ensure_checkpoint(kind, args.seed))
 
 
 if __name__ == "__main__":

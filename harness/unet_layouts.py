@@ -1,5 +1,5 @@
 """The real SD1.5 and SDXL UNet layouts (built on the meta device: shapes without weights or memory), and
-Flux.1 dev's DiT config.
+Flux.1 dev's and Z-Image Turbo's DiT configs.
 
 For figures and checks that depend on where the cross-attention layers are and how wide they are (e.g. the
 memory of the Regional Attention Prior's maps at 1024²), not on any weight. The configs are the published
@@ -36,3 +36,9 @@ FLUX_DEV = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "patch
             "depth_single_blocks": 38, "axes_dim": [16, 56, 56], "theta": 10000, "qkv_bias": True,
             "guidance_embed": True}
 """Flux.1 dev as ComfyUI's model_detection reads it from the published file's keys (11.9 B parameters)."""
+Z_IMAGE_TURBO = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 3840, "cap_feat_dim": 2560,
+                 "n_layers": 30, "qk_norm": True, "n_heads": 30, "n_kv_heads": 30, "axes_dims": [32, 48, 48],
+                 "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0,
+                 "z_image_modulation": True, "time_scale": 1000.0, "pad_tokens_multiple": 32}
+"""Z-Image Turbo as ComfyUI's model_detection reads it from the published file's keys (6.15 B parameters; its text
+is Qwen3 4B's hidden states, 2560 wide)."""

@@ -10,6 +10,9 @@ from harness.comfy_host import PACK_DIR
 TEMPLATES = PACK_DIR / "example_workflows"  # UI format: what ComfyUI lists and serves as templates
 WORKFLOWS = TEMPLATES / "api"  # API format: what scripts queue and tests run
 CHECKPOINT_LOADERS = {"CheckpointLoaderSimple"}
+SPLIT_LOADERS = {"UNETLoader": 0, "CLIPLoader": 1, "VAELoader": 2}
+"""The loaders of split model files, each by the checkpoint loader's output (MODEL, CLIP, VAE) that stands for its
+one output."""
 
 
 def load(name: str) -> dict:
@@ -40,11 +43,24 @@ def with_checkpoint(prompt: dict, ckpt_name: str) -> dict:
 
 
 def with_tiny_models(prompt: dict, kind: str = "sdxl", seed: int = 0) -> dict:
-    """Swap every checkpoint loader for the tiny seeded loader (same outputs: MODEL, CLIP, VAE)."""
+    """Swap every checkpoint loader for the tiny seeded loader (same outputs: MODEL, CLIP, VAE); split loaders
+    (UNETLoader, CLIPLoader, VAELoader) go too, their links taken by one tiny loader in the UNETLoader's place."""
     prompt = copy.deepcopy(prompt)
+    tiny = {"class_type": "CupscaleTinyCheckpointLoader", "inputs": {"kind": kind, "seed": seed}}
     for k, v in prompt.items():
         if v["class_type"] in CHECKPOINT_LOADERS:
-            prompt[k] = {"class_type": "CupscaleTinyCheckpointLoader", "inputs": {"kind": kind, "seed": seed}}
+            prompt[k] = copy.deepcopy(tiny)
+    split = {k: SPLIT_LOADERS[v["class_type"]] for k, v in prompt.items() if v["class_type"] in SPLIT_LOADERS}
+    if not split:
+        return prompt
+    (unet,) = nodes_of(prompt, "UNETLoader")
+    for k in split:
+        del prompt[k]
+    prompt[unet] = tiny
+    for v in prompt.values():
+        for name, value in v["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) in split:
+                v["inputs"][name] = [unet, split[str(value[0])]]
     return prompt
 
 

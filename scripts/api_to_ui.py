@@ -339,8 +339,16 @@ DOWNLOADS = {
     "v1-5-pruned-emaonly.safetensors":
         ("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly.safetensors",
          "checkpoints"),
+    "z_image_turbo_bf16.safetensors":
+        ("https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files/diffusion_models/"
+         "z_image_turbo_bf16.safetensors", "diffusion_models"),
+    "qwen_3_4b.safetensors":
+        ("https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files/text_encoders/qwen_3_4b.safetensors",
+         "text_encoders"),
+    "ae.safetensors":
+        ("https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files/vae/ae.safetensors", "vae"),
 }
-"""Where the frontend's missing-models panel downloads a checkpoint a template names (``properties.models`` of the
+"""Where the frontend's missing-models panel downloads a model file a template names (``properties.models`` of the
 loader, as ComfyUI's own templates give it); files without a direct link (LIIF's, XPSR's, the VLMs) are named
 in each template's note instead."""
 

@@ -2,10 +2,12 @@
 
 - ``cupscale_sdxl_1024_to_4096``: C-Upscale, two x2 stages with all four priors;
 - ``cupscale_flux_x2``: C-Upscale on Flux dev, one x2 stage with all four priors (a tiny Flux DiT);
+- ``cupscale_zimage_turbo_x2``: the same on Z-Image Turbo (a tiny Z-Image, where the host has it);
 - ``xpsr_restore_x4``: XPSR's SFA ControlNet fed by the captioner's two descriptions;
 - ``zoomed_in_x4``: Zoomed-In, degradation-aware tags per tile through the Attention Composer.
 
-Only what a user downloads is swapped: the checkpoint loader for the tiny seeded one; the XPSR release
+Only what a user downloads is swapped: the checkpoint loader (or the split UNET, CLIP and VAE loaders) for the
+tiny seeded one; the XPSR release
 and the VLM folders are built tiny, under the very names the workflows ship with, in temporary model
 folders (a tiny Qwen2-VL answers for Qwen2.5-VL-3B-Instruct, a tiny LLaVA for llava-1.5-7b-hf). The
 captioner runs for real on them (the local transformers backend); sizes, steps and tiles are overridden
@@ -163,6 +165,20 @@ def flux_prompt() -> dict:
                          **{n: VAE for n in ("10", "12", "18")}})
 
 
+def zimage_prompt() -> dict:
+    prompt = workflows.with_tiny_models(workflows.load("cupscale_zimage_turbo_x2.api.json"), "z_image")
+    return fast(prompt, {"8": TILES[0], "9": TILES[1], "16": CAPTION, "15": VLM, "20": {"steps": 2},
+                         **{n: VAE for n in ("12", "14", "21")}})
+
+
+@pytest.fixture
+def zimage(tiny):
+    """The tiny Z-Image's kind, or a skip on a host without Z-Image (v0.3.64)."""
+    if tiny.missing("z_image"):
+        pytest.skip(tiny.missing("z_image"))
+    return "z_image"
+
+
 def flux_4k_prompt() -> dict:
     """The 4K graph at 48x32 -> 192x128 px, its positions extrapolated past 32 px (2 patches), so both stages run
     past the base resolution as the shipped graph does past Flux's 1024 px."""
@@ -222,6 +238,23 @@ def test_cupscale_flux_runs_its_x2_stage_with_all_four_priors(models, folders, s
     assert all(len(regions) == len(set(regions)) for _, regions in seen["texts"])
     assert {region for _, regions in seen["texts"] for region in regions} == {0, 1}
     assert seen["joint"] and set(seen["joint"]) == {0.5}  # the prior read in the double blocks, composed at w
+
+
+def test_cupscale_zimage_turbo_runs_its_x2_stage_with_all_four_priors(zimage, models, folders, seen):
+    """The tiny Z-Image (single-stream, 2x2 patches) through the shipped graph, its split loaders swapped for the
+    tiny one: ModelSamplingAuraFlow, cfg 1 (no uncond pass), each tile's region prompt as its text, the prior read
+    in the main layers."""
+    Image.new("RGB", (48, 32), (120, 60, 200)).save(folders / "in" / "input.png")
+    history, captured = run(with_captures(zimage_prompt(), {"regions": ["16", 1]}))
+
+    assert saved_size(folders, history, "22") == (96, 64)
+    grid, prompts = regions(captured["regions"])
+    assert grid == tile_grid(8, 12) and len(prompts) == 2 and all(p.strip() for p in prompts)
+    assert set(seen["structure"]) == {(8, 12)}
+    assert seen["captures"] == [(4, 6)] * 2
+    assert {labels for labels, _ in seen["texts"]} == {(0,)}
+    assert {region for _, regions in seen["texts"] for region in regions} == {0, 1}
+    assert seen["joint"] and set(seen["joint"]) == {0.5}
 
 
 def test_cupscale_flux_4k_runs_two_stages_with_extrapolated_positions_and_all_four_priors(host, models, folders,
@@ -286,6 +319,8 @@ def test_zoomed_in_gives_each_tile_its_own_degradation_aware_tags(models, folder
     ("zoomed_in_x4.api.json", {"1": {"ckpt_name"}, "7": {"image"}, "25": {"local_model"}}),
     ("cupscale_flux_x2.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "20": {"local_model"}}),
     ("cupscale_flux_4k.api.json", {"1": {"ckpt_name"}, "8": {"image"}, "31": {"local_model"}}),
+    ("cupscale_zimage_turbo_x2.api.json", {"1": {"unet_name"}, "2": {"clip_name"}, "3": {"vae_name"},
+                                           "10": {"image"}, "15": {"local_model"}}),
 ])
 def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_download(host, folders, name, needs):
     import execution
@@ -300,20 +335,23 @@ def test_unchanged_workflows_load_and_fail_validation_only_for_the_files_users_d
 
 
 SHIPPED_VLM = {"cupscale_sdxl_1024_to_4096.api.json": ("sdxl", "28", "7"), "cupscale_flux_x2.api.json": ("flux", "20", "8"),
-               "cupscale_flux_4k.api.json": ("flux", "31", "8")}
-"""The SDXL and Flux workflows: the kind of tiny model, their one VLM loader, their LoadImage."""
+               "cupscale_flux_4k.api.json": ("flux", "31", "8"),
+               "cupscale_zimage_turbo_x2.api.json": ("z_image", "15", "10")}
+"""The SDXL, Flux and Z-Image workflows: the kind of tiny model, their one VLM loader, their LoadImage."""
 
 
 @pytest.mark.parametrize("name", SHIPPED_VLM)
-def test_workflows_set_to_an_endpoint_validate_where_models_llm_is_empty(host, folders, monkeypatch, name):
+def test_workflows_set_to_an_endpoint_validate_where_models_llm_is_empty(tiny, folders, monkeypatch, name):
     """Issue 23: the loader swapped for an Endpoint VLM Loader, the graph names no local model, so it validates
     on a machine whose models/LLM is empty (the checkpoint and the image present)."""
     import execution
     import folder_paths
+    kind, loader, image = SHIPPED_VLM[name]
+    if tiny.missing(kind):
+        pytest.skip(tiny.missing(kind))
     (folders / "LLM").mkdir()
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "LLM",
                         ([str(folders / "LLM")], folder_paths.folder_names_and_paths["LLM"][1]))
-    kind, loader, image = SHIPPED_VLM[name]
     Image.new("RGB", (48, 32)).save(folders / "in" / "input.png")
     prompt = workflows.with_tiny_models(workflows.load(name), kind)
     ok, *_, node_errors = asyncio.run(execution.validate_prompt("t", prompt, None))
@@ -349,8 +387,9 @@ def test_workflows_set_to_the_hosts_text_generation_run_on_a_clip_loaded_vlm(hos
 
 
 @pytest.mark.server
-def test_the_paper_workflows_run_through_a_real_comfyui_server(model_root, tmp_path):
-    """Queued over HTTP to ``main.py`` whose models/ holds the tiny files; one 48x32 image for all four."""
+def test_the_paper_workflows_run_through_a_real_comfyui_server(tiny, model_root, tmp_path):
+    """Queued over HTTP to ``main.py`` whose models/ holds the tiny files; one 48x32 image for all of them (Z-Image's
+    where the host has it)."""
     from harness.server import ComfyServer
     base = tmp_path / "comfy"
     (base / "models").mkdir(parents=True)
@@ -362,6 +401,8 @@ def test_the_paper_workflows_run_through_a_real_comfyui_server(model_root, tmp_p
         # Each by its final SaveImage and the size it saves: x4, or x2 for Flux.
         prompts = [(cupscale_prompt(), "27", (192, 128)), (xpsr_prompt(), "16", (192, 128)),
                    (zoomed_in_prompt(), "24", (192, 128)), (flux_prompt(), "19", (96, 64))]
+        if not tiny.missing("z_image"):
+            prompts.append((zimage_prompt(), "22", (96, 64)))
         assert {v["class_type"] for p, _, _ in prompts for v in p.values()} <= set(server.get("/object_info"))
         queued = [(server.post("/prompt", {"prompt": p})["prompt_id"], save, size) for p, save, size in prompts]
         for prompt_id, save, size in queued:
