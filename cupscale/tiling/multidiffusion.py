@@ -216,6 +216,12 @@ def doubling(most: int) -> list[int]:
     return sizes + [most] if most > 1 else sizes
 
 
+LATENCY_MARGIN = 1.1
+"""A larger CPU batch is picked only if it saves more than a tenth of the time per tile: its longer single ops (one
+self-attention over all its tiles' tokens) are where a cancel waits, 2.1-2.6 s at four SD1.5 tiles of 512 px on
+a 2-core CPU against 0.4-0.7 s at one, for 5% less time (bench/interrupt_latency.py, host rows)."""
+
+
 @dataclass
 class BatchTuner:
     """Tiles per call picked by measured time, where memory does not bound the batch (the CPU).
@@ -229,7 +235,7 @@ class BatchTuner:
     at 4 tiles (2.76 s per item at 1 tile, 2.25 at 4, one thread). So the tuner measures instead of guessing:
     the first evaluations of a run try ``doubling(most)`` in that order (each evaluation packs the trials in
     order while they fit in its tiles; tiles left over run at its last trial), and from then on every call
-    takes the size with the least measured time per tile.
+    takes the smallest size within :data:`LATENCY_MARGIN` of the least measured time per tile.
 
     The plan of evaluation ``n`` depends only on ``n`` and the pick, and the pick is made once per tuner
     (kept per patched model and latent shape), so every later run of the same prompt makes the same calls and
@@ -263,8 +269,9 @@ class BatchTuner:
         if evaluation < len(self.trials):
             return self.trials[evaluation]
         if self.choice is None:
-            tried = [s for plan in self.trials for s in plan]
-            self.choice = min(tried, key=lambda s: (self.seconds_per_tile.get(s, float("inf")), -s))
+            tried = sorted({s for plan in self.trials for s in plan})
+            best = min(self.seconds_per_tile.get(s, float("inf")) for s in tried)
+            self.choice = next(s for s in tried if self.seconds_per_tile.get(s, float("inf")) <= best * LATENCY_MARGIN)
         return balanced_sizes(self.tiles, self.choice)
 
     def timed(self, evaluate: Callable[[TileBatch, torch.Tensor], torch.Tensor]):
