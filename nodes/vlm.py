@@ -17,7 +17,7 @@ from PIL import Image
 from ..cupscale.captioning.backends import (DTYPES, MAX_IN_FLIGHT, MAX_RETRIES, MAX_TIMEOUT_S, GeneratedText,
                                             LocalVLM, OpenAIEndpoint, hub_repo_id)
 from ..cupscale.captioning.captioner import VLM
-from .host import folder_paths, io, model_management
+from .host import folder_paths, io, model_management, model_patcher
 from .host_services import model_folder_path, model_folders, register_model_folder, stop_if_interrupted
 from .inputs import advanced, check_combos, check_numbers, widget_names, widgets_valid
 
@@ -35,10 +35,42 @@ def vlm_output() -> io.Output:
     return io.Custom(VLM_TYPE).Output(display_name="vlm")
 
 
-def make_room(model: torch.nn.Module, device: torch.device) -> None:
-    """ComfyUI unloads its models (a diffusion model, a text encoder) until the VLM fits, as it does for its own
-    models before loading one."""
-    model_management.free_memory(model_management.module_size(model) * 1.2, device)
+class HeldModel(torch.nn.Module):
+    """A transformers model as ComfyUI's ModelPatcher can hold it: the patcher sets ``device`` and its bookkeeping
+    on what it holds, which a transformers model has as read-only properties."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.held = model
+
+
+class ModelManagement:
+    """A local VLM as one of ComfyUI's loaded models (a ModelPatcher in its list, core: Residency): loading it
+    unloads the host's other models until it fits, and a diffusion model loaded after it unloads it to the CPU
+    when it needs the room, as ComfyUI does between its own text encoders and diffusion models."""
+
+    def __init__(self):
+        self.patchers: dict[int, object] = {}
+
+    def place(self, model: torch.nn.Module, device: torch.device) -> None:
+        patcher = self.patchers.get(id(model))
+        if patcher is None or patcher.model.held is not model:
+            patcher = model_patcher.ModelPatcher(HeldModel(model), load_device=device,
+                                                 offload_device=torch.device("cpu"))
+            self.patchers[id(model)] = patcher
+        model_management.load_models_gpu([patcher])
+
+    def drop(self, model: torch.nn.Module) -> None:
+        patcher = self.patchers.pop(id(model), None)
+        if patcher is None:
+            return
+        loaded = model_management.current_loaded_models
+        for entry in [m for m in loaded if m.model is patcher]:
+            entry.model_unload()
+            loaded.remove(entry)
+
+
+MODEL_MANAGEMENT = ModelManagement()
 
 
 def model_path(name: str) -> str:
@@ -76,8 +108,9 @@ class LocalVLMLoader(io.ComfyNode):
                 advanced(io.Int.Input("batch_size", default=4, min=1, max=64, optional=True,
                                       tooltip="Regions per call of the model.")),
                 io.Combo.Input("after_use", options=list(AFTER_USE),
-                               tooltip="After each captioner: keep the model in CPU memory, so the next stage "
-                                       "and the next run skip the disk, or free it."),
+                               tooltip="After each captioner: keep the model loaded, so the next stage and the "
+                                       "next run skip the disk (ComfyUI moves it to CPU memory when another model "
+                                       "needs the room), or free it."),
                 advanced(io.String.Input("hf_repo_id", default="", optional=True,
                                          tooltip="Instead of local_model: a Hugging Face repo id (owner/name, "
                                                  "never a path), looked up in models/LLM/.hf_cache.")),
@@ -103,10 +136,10 @@ class LocalVLMLoader(io.ComfyNode):
             if hf_repo_id.strip():
                 cache_dir = os.path.join(folder_paths.get_folder_paths(LLM_FOLDER)[0], ".hf_cache")
                 backend = LocalVLM(hub_repo_id(hf_repo_id), torch_device, dtype, batch_size, allow_download,
-                                   cache_dir, stop=stop_if_interrupted, make_room=make_room)
+                                   cache_dir, stop=stop_if_interrupted, residency=MODEL_MANAGEMENT)
             else:
                 backend = LocalVLM(model_path(local_model), torch_device, dtype, batch_size,
-                                   stop=stop_if_interrupted, make_room=make_room)
+                                   stop=stop_if_interrupted, residency=MODEL_MANAGEMENT)
         return io.NodeOutput(VLM(backend, offload=AFTER_USE[after_use]))
 
 

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import tiny_vlms
+from cupscale.captioning import backends
 from cupscale.captioning.backends import MAX_IN_FLIGHT, LocalVLM, OpenAIEndpoint, hub_repo_id
 from cupscale.captioning.cache import CaptionCache
 from cupscale.captioning.captioner import CaptionFailure, Captioner
@@ -288,15 +289,42 @@ def test_requests_a_stop_left_behind_are_not_tried_again():
         httpd.server_close()
 
 
-def test_a_local_model_asks_for_room_on_an_accelerator_before_it_moves_there(tmp_path):
-    """``make_room`` (the host's model management) is given the model read to the CPU, with its size known,
-    before it moves to a device that is not the CPU; on the CPU nothing is asked."""
+class Recorded:
+    """A Residency that records what the host is asked: where each model is placed (and where its weights were
+    then), and which are dropped."""
+
+    def __init__(self):
+        self.asked = []
+
+    def place(self, model, device):
+        self.asked.append(("place", next(model.parameters()).device.type, device.type))
+
+    def drop(self, model):
+        self.asked.append(("drop", model))
+
+
+def test_a_managed_local_model_is_placed_kept_and_dropped_through_its_host(tmp_path):
+    """With a host managing memory, the model read to the CPU (its size known) is handed to the host to place on
+    its device; kept after use (``offload``) it stays where the host has it; freed, or replaced in the one place
+    kept, it is dropped through the host."""
     folder = str(tiny_vlms.llava(tmp_path / "llava"))
-    asked = []
-    on_cpu = LocalVLM(folder, "cpu", make_room=lambda model, device: asked.append(device))
-    on_cpu.load()
-    assert asked == []
-    vlm = LocalVLM(folder, torch.device("meta"), dtype="float32",
-                   make_room=lambda model, device: asked.append((next(model.parameters()).device.type, device.type)))
+    host = Recorded()
+    vlm = LocalVLM(folder, torch.device("meta"), dtype="float32", residency=host)
     vlm.load()
-    assert asked == [("cpu", "meta")] and next(vlm.model.parameters()).device.type == "meta"
+    model = vlm.model
+    assert host.asked == [("place", "cpu", "meta")]
+    vlm.release(offload=True)
+    (_, kept), = backends._parked.values()
+    assert kept is model and next(kept.parameters()).device.type == "cpu"  # not moved behind the host's back
+    vlm.load()
+    assert vlm.model is model and host.asked[-1] == ("place", "cpu", "meta")
+    vlm.release(offload=False)
+    assert host.asked[-1] == ("drop", model) and not backends._parked
+    vlm.load()
+    first = vlm.model
+    vlm.release(offload=True)
+    other = LocalVLM(folder, torch.device("meta"), dtype="float16", residency=host)
+    other.load()
+    other.release(offload=True)  # the one place kept goes to the other model: the first is dropped
+    assert host.asked[-1] == ("drop", first) and len(backends._parked) == 1
+    backends._parked.clear()

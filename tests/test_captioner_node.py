@@ -48,10 +48,15 @@ def from_json(host):
 
 @pytest.fixture(autouse=True)
 def fresh_cache(host, backends):
+    """No captions cached, no model kept (and none left in ComfyUI's list of loaded models) between tests."""
+    def forget_kept():
+        for _, model in backends._parked.values():
+            pack_module(host, "nodes.vlm").MODEL_MANAGEMENT.drop(model)
+        backends._parked.clear()
     pack_module(host, "cupscale.captioning.cache").CACHE.clear()
-    backends._parked.clear()
+    forget_kept()
     yield
-    backends._parked.clear()
+    forget_kept()
 
 
 @pytest.fixture
@@ -345,14 +350,23 @@ def test_unreachable_endpoint_says_what_to_set(captioner, endpoint):
             captioner(vlm=endpoint(f"http://127.0.0.1:{port}", retries=0))
 
 
-def test_the_local_loader_makes_room_through_comfyuis_model_management(llm_dir, host, load_vlm, monkeypatch):
-    """On an accelerator the Local VLM Loader's model asks ComfyUI to free what its model management would free
-    for one of its own models of that size (model_management.free_memory)."""
-    vlm_module = pack_module(host, "nodes.vlm")
-    freed = []
-    monkeypatch.setattr(vlm_module.model_management, "free_memory", lambda need, device: freed.append((need, device)))
-    vlm = load_vlm()
-    assert vlm.backend.make_room is vlm_module.make_room and vlm.offload is False
-    model = torch.nn.Linear(100, 10)  # 1,010 float32 parameters
-    vlm.backend.make_room(model, torch.device("cuda"))
-    assert freed == [(1010 * 4 * 1.2, torch.device("cuda"))]
+def held_models() -> list:
+    """The transformers models ComfyUI's model management holds as loaded (nodes.vlm.HeldModel)."""
+    import comfy.model_management
+    return [m.model.held for m in comfy.model_management.loaded_models() if hasattr(m.model, "held")]
+
+
+def test_a_local_vlm_is_one_of_comfyuis_loaded_models_both_ways(llm_dir, host, captioner, load_vlm, backends):
+    """Loaded by the Local VLM Loader, the model is in ComfyUI's list of loaded models (so loading it unloads
+    others until it fits); a model loaded after it that needs the room unloads it as ComfyUI unloads its own
+    (free_memory, what load_models_gpu calls); the next captioner places it again and answers alike; freed after
+    use ("unload"), the host holds it no more."""
+    import comfy.model_management
+    first = captioner(vlm=load_vlm(after_use="offload to CPU"))[0]
+    (_, model), = backends._parked.values()
+    assert held_models() == [model]
+    comfy.model_management.free_memory(1e30, torch.device("cpu"))  # a diffusion model wanting every byte
+    assert held_models() == []
+    pack_module(host, "cupscale.captioning.cache").CACHE.clear()
+    again = captioner(vlm=load_vlm(after_use="unload"))[0]
+    assert again == first and held_models() == [] and not backends._parked

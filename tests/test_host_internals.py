@@ -36,10 +36,12 @@ INTERNALS = [
     "comfy.ldm.qwen_image.model.QwenImageTransformer2DModel",
     "comfy.model_base.SDXL",
     "comfy.model_management",  # read for what newer releases add (get_all_torch_devices)
+    "comfy.model_management.current_loaded_models",
     "comfy.model_management.free_memory",
     "comfy.model_management.get_free_memory",
     "comfy.model_management.get_torch_device",
     "comfy.model_management.intermediate_device",
+    "comfy.model_management.load_models_gpu",
     "comfy.model_management.module_size",
     "comfy.model_management.throw_exception_if_processing_interrupted",
     "comfy.model_management.unet_dtype",

@@ -31,7 +31,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from PIL import Image
@@ -45,9 +45,17 @@ SOURCE_FIELDS = {"folder": "model_folder", "repo_id": "repo_id", "folders": "mod
 STOP_POLL_S = 0.1  # how often the endpoint, waiting on replies, asks ``stop``
 Stop = Callable[[], None]
 """Raises to end the work (ComfyUI's interrupt check); returns otherwise."""
-MakeRoom = Callable[[torch.nn.Module, torch.device], None]
-"""Frees memory on the device for the module about to move there (ComfyUI: its models unloaded as it unloads
-them for each other)."""
+
+
+class Residency(Protocol):
+    """Where a loaded model lives when a host manages memory for all its models (ComfyUI's model management)."""
+
+    def place(self, model: torch.nn.Module, device: torch.device) -> None:
+        """``model`` on ``device``, the host's other models unloaded until it fits; the host may move it off again
+        when another model needs the room."""
+
+    def drop(self, model: torch.nn.Module) -> None:
+        """``model`` no longer the host's to keep: unloaded and forgotten."""
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -117,12 +125,12 @@ class LocalVLM:
 
     def __init__(self, source: str, device: torch.device, dtype: str = "auto", batch_size: int = 4,
                  allow_download: bool = False, cache_dir: str | None = None, stop: Stop | None = None,
-                 make_room: MakeRoom | None = None):
+                 residency: Residency | None = None):
         if batch_size < 1:
             raise InputError(f"{{batch_size}} = {batch_size} must be at least 1.", batch_size="batch_size")
         self.source, self.device, self.batch_size = source, torch.device(device), batch_size
         self.dtype = resolve_dtype(dtype, self.device)
-        self.allow_download, self.cache_dir, self.stop, self.make_room = allow_download, cache_dir, stop, make_room
+        self.allow_download, self.cache_dir, self.stop, self.residency = allow_download, cache_dir, stop, residency
         self.model_id = f"local:{source}:{self.dtype}"
         self.processor = self.model = None
 
@@ -155,10 +163,12 @@ class LocalVLM:
         self.processor, self.model = processor, self.placed(model).eval()
 
     def placed(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model on its device, room made for it first (read to the CPU, it is moved once its size is known)."""
-        if self.make_room is not None and self.device.type != "cpu":
-            self.make_room(model, self.device)
-        return model.to(self.device)
+        """The model on its device: read to the CPU, it moves once its size is known, through the host where one
+        manages memory (room made for it as for the host's own models)."""
+        if self.residency is None:
+            return model.to(self.device)
+        self.residency.place(model, self.device)
+        return model
 
     def caption(self, images: list[Image.Image], instruction: str, max_tokens: int) -> list[str]:
         self.load()
@@ -171,16 +181,26 @@ class LocalVLM:
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def release(self, offload: bool) -> None:
-        """Free the model's memory, or move it to the CPU (``offload``) so the next run skips the disk."""
+        """Free the model's memory, or keep it (``offload``) so the next run skips the disk: on the CPU, or where a
+        host manages memory, where the host has it (it moves it to the CPU when another model needs the room)."""
         if self.model is None:
             return
+        for _, parked in _parked.values():
+            if parked is not self.model:
+                self.forget(parked)
+        _parked.clear()
         if offload:
-            _parked.clear()
-            _parked[self.park_key] = (self.processor, self.model.to("cpu"))
+            _parked[self.park_key] = (self.processor, self.model if self.residency else self.model.to("cpu"))
+        else:
+            self.forget(self.model)
         self.processor = self.model = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def forget(self, model: torch.nn.Module) -> None:
+        if self.residency is not None:
+            self.residency.drop(model)
 
 
 @contextmanager
