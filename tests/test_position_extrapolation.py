@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from host_helpers import pack_module, sample
-from test_dit_tiling import cells, latent, prior, rel, tiled
+from test_dit_tiling import PIXELS, latent, prior, rel, tiled
 
 ROPE_DITS = ["flux", "qwen_image"]
 MODES = ["ntk", "yarn", "vision_yarn"]
-PATCHES = (cells("flux")[0] // 2, cells("flux")[1] // 2)  # 20 x 24 patches of 16 px: a 320 x 384 px image
+PATCHES = (PIXELS[0] // 16, PIXELS[1] // 16)  # 20 x 24 patches of 16 px: a 320 x 384 px image
 
 
 def extrapolated(host, model, method: str, base_resolution: int, dype: bool = True):
