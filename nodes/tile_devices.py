@@ -37,16 +37,16 @@ def named_devices(text: str) -> list[torch.device]:
         return []
     if text.lower() == "all":
         return present_devices()
-    found = []
+    found, present = [], present_devices()
     for name in (part.strip() for part in text.split(",")):
         try:
             device = torch.device(name)
         except (RuntimeError, ValueError):
             raise ValueError(f"devices: {name[:40]!r} is not a device; name them as 'cuda:0, cuda:1', 'cpu', "
                              "'all', or leave it empty for the model's own device.") from None
-        if device.type != "cpu" and device not in present_devices():
+        if device.type != "cpu" and device not in present:
             raise ValueError(f"devices: {name} is not on this machine (it has "
-                             f"{', '.join(map(str, present_devices())) or 'no GPU'}); name one of those.")
+                             f"{', '.join(map(str, present)) or 'no GPU'}); name one of those.")
         found.append(device)
     return found
 

@@ -57,7 +57,8 @@ class TiledBlendedDiffusion(io.ComfyNode):
                 advanced(io.Boolean.Input("dit_tile_positions", default=True, optional=True,
                                           tooltip="DiTs (Flux, SD3, Qwen-Image, Chroma, HiDream, Z-Image): each "
                                                   "tile's positional embedding is that of its place in the whole "
-                                                  "image, so neighbouring tiles agree where things are. Off: every tile is positioned as an "
+                                                  "image, so neighbouring tiles agree where things are. Off: every "
+                                                  "tile is positioned as an "
                                                   "image of its own, within the trained range at any output size "
                                                   "(DiTPositionExtrapolation then reads the tile's size). UNets "
                                                   "ignore it.")),

@@ -269,9 +269,9 @@ class BatchTuner:
         if evaluation < len(self.trials):
             return self.trials[evaluation]
         if self.choice is None:
-            tried = sorted({s for plan in self.trials for s in plan})
-            best = min(self.seconds_per_tile.get(s, float("inf")) for s in tried)
-            self.choice = next(s for s in tried if self.seconds_per_tile.get(s, float("inf")) <= best * LATENCY_MARGIN)
+            timed = {s: self.seconds_per_tile.get(s, float("inf")) for plan in self.trials for s in plan}
+            best = min(timed.values())
+            self.choice = min(s for s, seconds in timed.items() if seconds <= best * LATENCY_MARGIN)
         return balanced_sizes(self.tiles, self.choice)
 
     def timed(self, evaluate: Callable[[TileBatch, torch.Tensor], torch.Tensor]):
